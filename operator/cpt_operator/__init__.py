@@ -1,0 +1,1 @@
+"""cpt-operator: the Kopf operator and the `cpt` CLI. Never imports torch."""

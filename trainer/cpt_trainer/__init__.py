@@ -1,0 +1,1 @@
+"""cpt-trainer: the trainer container code (train, curate, eval, metrics)."""
