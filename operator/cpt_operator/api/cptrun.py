@@ -1,0 +1,312 @@
+"""The `CPTRun` kind: one continued-pretraining run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cpt_operator.api.common import (
+    CEL,
+    APIModel,
+    Condition,
+    LocalObjectReference,
+    Location,
+    Name,
+    Quantity,
+    StatusModel,
+    Toleration,
+)
+
+
+class BaseModelSpec(APIModel):
+    """The pretrained model the run continues from."""
+
+    location: Location = Field(description="Model folder loadable by transformers (config.json and weights).")
+    tokenizer: Location | None = Field(None, description="Tokenizer folder; the model's folder when omitted.")
+    parameters: int | None = Field(
+        None, ge=1, le=10_000_000_000_000,
+        description="Parameter count, a hint for planning when the model's config.json is not readable from where `cpt plan` runs.",
+    )  # fmt: skip
+    hidden_size: int | None = Field(None, ge=1, le=1_000_000, description="Hidden size, a planning hint (activation memory).")
+    num_layers: int | None = Field(None, ge=1, le=10_000, description="Transformer layers, a planning hint (activation memory).")
+
+
+class CorpusRef(APIModel):
+    """A Corpus of this namespace used by the run."""
+
+    name: Name = Field(description="Name of a Corpus in the run's own namespace.")
+    role: Literal["domain", "replay"] = Field(description="domain: the new data; replay: general data mixed in against forgetting.")
+    weight: float = Field(1.0, gt=0.0, le=1_000_000.0, description="Share of this corpus within its role.")
+
+
+class CurriculumPoint(APIModel):
+    """The domain fraction at a step; alpha is interpolated linearly between points."""
+
+    step: int = Field(ge=0, le=100_000_000, description="Optimizer step.")
+    alpha: float = Field(ge=0.0, le=1.0, description="Domain fraction of tokens at that step.")
+
+
+class MixingSpec(APIModel):
+    """How domain and replay tokens are mixed (exact, seeded, resumable)."""
+
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="Domain fraction of training tokens (typical 0.5-0.9).")
+    curriculum: list[CurriculumPoint] = Field(default_factory=list, max_length=64, description="Alpha by step; overrides alpha when set.")
+
+
+class TokenizerExtensionSpec(APIModel):
+    """Add frequent, fragmented domain words to the vocabulary; new embeddings start at the mean."""
+
+    enabled: bool = Field(False, description="Extend the vocabulary.")
+    tokens: list[str] = Field(default_factory=list, max_length=4096, description="Tokens to add.")
+    from_corpus: Name | None = Field(None, description="Also add the proposed extension of this Corpus (a domain corpus of the run).")
+
+    cel_rules = (
+        CEL(
+            "!self.enabled || size(self.tokens) > 0 || has(self.fromCorpus)",
+            "tokens or fromCorpus is required when tokenizerExtension is enabled",
+            ".tokens",
+        ),
+    )
+
+
+class TrainingSpec(APIModel):
+    """Optimisation hyper-parameters."""
+
+    total_tokens: int = Field(ge=1, le=1_000_000_000_000_000, description="Training tokens of the run (D in FLOPs = 6 N D).")
+    sequence_length: int = Field(2048, ge=16, le=131072, description="Tokens per packed sequence.")
+    micro_batch_size: int = Field(4, ge=1, le=1024, description="Sequences per GPU per forward pass.")
+    global_batch_size: int = Field(
+        512, ge=1, le=1_000_000,
+        description="Sequences per optimizer step, all GPUs together; a multiple of microBatchSize x nodes x gpusPerNode.",
+    )  # fmt: skip
+    learning_rate: float = Field(3e-5, gt=0.0, le=1.0, description="Peak learning rate (1-10 % of the base model's pretraining peak).")
+    min_learning_rate: float = Field(3e-6, ge=0.0, le=1.0, description="Floor the schedule decays to (often 0.1 x peak).")
+    schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="cosine: re-warmup then cosine decay; wsd: warmup-stable-decay.")
+    warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Fraction of steps spent re-warming up (1-5 %).")
+    decay_fraction: float = Field(0.1, gt=0.0, le=1.0, description="wsd: final fraction of steps that decays.")
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0, description="AdamW weight decay.")
+    gradient_clipping: float = Field(1.0, ge=0.0, le=1000.0, description="Max gradient norm; 0 disables clipping.")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0.0, le=1.0, description="AdamW epsilon.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute precision on GPU (CPU runs in fp32).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (slower).")
+    compile: bool = Field(True, description="torch.compile the model.")
+    seed: int = Field(1234, ge=0, description="Seed of data order and initialisation of new embeddings.")
+
+    cel_rules = (
+        CEL("self.minLearningRate <= self.learningRate", "minLearningRate must not exceed learningRate", ".minLearningRate"),
+        CEL("self.globalBatchSize % self.microBatchSize == 0", "globalBatchSize must be a multiple of microBatchSize", ".globalBatchSize"),
+    )
+
+
+class DeepSpeedSpec(APIModel):
+    """DeepSpeed settings."""
+
+    enabled: bool = Field(True, description="Train with DeepSpeed; false uses plain PyTorch DDP.")
+    zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 1-3).")
+    offload_parameters: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
+
+    cel_rules = (
+        CEL("!self.offloadParameters || self.zeroStage == 3", "offloadParameters needs zeroStage 3", ".offloadParameters"),
+        CEL("!self.offloadOptimizer || self.zeroStage >= 1", "offloadOptimizer needs zeroStage 1 or higher", ".offloadOptimizer"),
+    )
+
+
+class ResourcesSpec(APIModel):
+    """Where and on how much hardware the run trains."""
+
+    node_pool: Name = Field(description="A GPU node pool the platform team defined in the operator's settings.")
+    nodes: int = Field(1, ge=1, le=512, description="Nodes (one PyTorchJob Master, the rest Workers).")
+    gpus_per_node: int = Field(8, ge=1, le=16, description="GPUs per node (processes per node).")
+    cpu: Quantity | None = Field(None, description="CPU request per node; the pool's default when omitted.")
+    memory: Quantity | None = Field(None, description="Memory request per node; the pool's default when omitted.")
+    priority_class_name: Name | None = Field(None, description="PriorityClass of the training pods.")
+    queue_name: Name | None = Field(None, description="Kueue LocalQueue; the job starts suspended until Kueue admits it.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=16, description="Tolerations added to the pool's own.")
+
+
+class GeneralEvalSpec(APIModel):
+    """A general benchmark watched for forgetting."""
+
+    name: Name = Field(description="Name of the evaluation (a metric label).")
+    kind: Literal["perplexity", "lmEvalHarness"] = Field("perplexity", description="perplexity of a Corpus's eval split, or an lm-evaluation-harness task.")  # noqa: E501
+    corpus: Name | None = Field(None, description="perplexity: a Corpus of this namespace whose eval split is scored.")
+    task: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$", description="lmEvalHarness: the task name; its data must be on local disk.")  # noqa: E501
+
+    cel_rules = (
+        CEL("self.kind != 'perplexity' || has(self.corpus)", "corpus is required for a perplexity eval", ".corpus"),
+        CEL("self.kind != 'lmEvalHarness' || has(self.task)", "task is required for an lmEvalHarness eval", ".task"),
+    )
+
+
+class EvaluationSpec(APIModel):
+    """Evaluation and the forgetting monitor."""
+
+    interval: int = Field(500, ge=1, le=10_000_000, description="Optimizer steps between evaluations (one runs before the first update).")
+    max_batches: int = Field(50, ge=1, le=100_000, description="Batches per evaluation set.")
+    general_evals: list[GeneralEvalSpec] = Field(
+        default_factory=list, max_length=16, description="General benchmarks; empty: perplexity on the replay corpora's eval splits."
+    )
+    forgetting_threshold: float = Field(0.03, gt=0.0, lt=1.0, description="Relative general regression that counts as forgetting (0.03 = 3 %).")
+    patience: int = Field(3, ge=1, le=100, description="Consecutive evaluations over the threshold before acting.")
+    action: Literal["Halt", "Warn"] = Field("Halt", description="Halt: suspend the job and keep the best checkpoint; Warn: condition and Event only.")
+
+
+class TrainerSpec(APIModel):
+    """The trainer container, within what the operator's settings allow."""
+
+    image: str | None = Field(None, max_length=512, description="Trainer image; must be in the operator's allowed list. Default: the operator's.")
+    metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's Prometheus endpoint.")
+
+
+class CPTRunSpec(APIModel):
+    """A continued-pretraining run."""
+
+    base_model: BaseModelSpec = Field(description="The pretrained model to continue from (immutable once started).")
+    corpora: list[CorpusRef] = Field(min_length=1, max_length=32, description="Corpora of this namespace and their roles (immutable once started).")
+    mixing: MixingSpec = Field(default_factory=MixingSpec, description="Domain/replay mixing.")
+    tokenizer_extension: TokenizerExtensionSpec = Field(default_factory=TokenizerExtensionSpec, description="Vocabulary extension.")
+    training: TrainingSpec = Field(description="Optimisation hyper-parameters.")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed settings.")
+    resources: ResourcesSpec = Field(description="Node pool and size.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Evaluation and forgetting control.")
+    checkpoint_policy_ref: LocalObjectReference = Field(description="The CheckpointPolicy of this namespace the run follows.")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Trainer container.")
+    suspend: bool = Field(False, description="Suspend the run (frees its GPUs); false resumes from the newest checkpoint.")
+
+    cel_rules = (
+        CEL("self.corpora.exists(c, c.role == 'domain')", "corpora must include at least one domain corpus", ".corpora"),
+        CEL(
+            "self.corpora.all(c, self.corpora.exists_one(d, d.name == c.name))",
+            "corpora must not name the same Corpus twice",
+            ".corpora",
+        ),
+        CEL(
+            "self.mixing.alpha == 1.0 || self.corpora.exists(c, c.role == 'replay')",
+            "mixing.alpha below 1 needs at least one replay corpus",
+            ".mixing.alpha",
+        ),
+        CEL(
+            "self.training.globalBatchSize % (self.training.microBatchSize * self.resources.nodes * self.resources.gpusPerNode) == 0",
+            "training.globalBatchSize must be a multiple of microBatchSize x resources.nodes x resources.gpusPerNode",
+            ".training.globalBatchSize",
+        ),
+        CEL(
+            "!has(self.tokenizerExtension.fromCorpus) || self.corpora.exists(c, c.name == self.tokenizerExtension.fromCorpus)",
+            "tokenizerExtension.fromCorpus must name one of the run's corpora",
+            ".tokenizerExtension.fromCorpus",
+        ),
+    )
+
+
+# Rules on the whole object: they need the stored status to know whether a run started.
+CPTRUN_ROOT_RULES = (
+    CEL(
+        "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec.baseModel == oldSelf.spec.baseModel",
+        "spec.baseModel is immutable once the run has started; create a new CPTRun instead",
+        ".spec.baseModel",
+    ),
+    CEL(
+        "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec.corpora == oldSelf.spec.corpora",
+        "spec.corpora is immutable once the run has started; create a new CPTRun instead",
+        ".spec.corpora",
+    ),
+    CEL(
+        "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec.tokenizerExtension == oldSelf.spec.tokenizerExtension",
+        "spec.tokenizerExtension is immutable once the run has started; create a new CPTRun instead",
+        ".spec.tokenizerExtension",
+    ),
+)
+
+
+# --------------------------------------------------------------------------- status
+
+
+class ProgressStatus(StatusModel):
+    """How far the run is."""
+
+    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps of the run.")
+    display: str | None = Field(None, description="step/totalSteps, for printing.")
+    tokens: int | None = Field(None, ge=0, description="Training tokens seen.")
+    total_tokens: int | None = Field(None, ge=0, description="Training tokens of the run.")
+    percent: float | None = Field(None, ge=0.0, le=100.0, description="Percent done.")
+    eta_seconds: float | None = Field(None, ge=0.0, description="Estimated seconds left at the measured tokens/s.")
+
+
+class MetricsStatus(StatusModel):
+    """The latest metrics read from the trainer."""
+
+    train_loss: float | None = Field(None, description="Training loss.")
+    learning_rate: float | None = Field(None, description="Learning rate.")
+    tokens_per_second: float | None = Field(None, description="Throughput, tokens/s.")
+    mfu: float | None = Field(None, description="Model FLOPs utilisation (0-1).")
+    domain_perplexity: float | None = Field(None, description="Domain held-out perplexity at the last evaluation.")
+    general_score: float | None = Field(None, description="General score at the last evaluation.")
+    baseline_general_score: float | None = Field(None, description="General score of the base model.")
+    general_regression: float | None = Field(None, description="Relative general regression against the baseline.")
+    eval_step: int | None = Field(None, ge=0, description="Step of the last evaluation.")
+    updated_at: str | None = Field(None, description="When these were read (RFC 3339).")
+
+
+class CheckpointRecord(StatusModel):
+    """An evaluated checkpoint and why it is kept."""
+
+    step: int = Field(ge=0, description="Step of the checkpoint.")
+    uri: str = Field(description="Where it is.")
+    domain_perplexity: float | None = Field(None, description="Domain perplexity at this step.")
+    general_score: float | None = Field(None, description="General score at this step.")
+    general_regression: float | None = Field(None, description="Relative general regression at this step.")
+    composite_score: float | None = Field(None, description="Composite score (higher is better).")
+    kept_for: list[str] = Field(default_factory=list, description="Why it is kept: newest, lastN, bestK, milestone, best.")
+    deleted: bool = Field(False, description="Deleted by the policy.")
+
+
+class BestCheckpoint(StatusModel):
+    """The run's result: the best eligible checkpoint by the policy's ranking."""
+
+    step: int = Field(ge=0, description="Step of the checkpoint.")
+    uri: str = Field(description="Where it is.")
+    metric: str | None = Field(None, description="The ranking metric.")
+    value: float | None = Field(None, description="Its value.")
+
+
+class CostEstimate(StatusModel):
+    """The planning estimate for the run."""
+
+    flops: float | None = Field(None, ge=0.0, description="Training FLOPs (6 N D).")
+    gpu_hours: float | None = Field(None, ge=0.0, description="GPU-hours at the configured achieved TFLOP/s.")
+    cost: float | None = Field(None, ge=0.0, description="Cost at the configured price per GPU-hour.")
+
+
+class HaltStatus(StatusModel):
+    """Why the forgetting monitor acted."""
+
+    step: int | None = Field(None, ge=0, description="Step of the evaluation that triggered the action.")
+    regression: float | None = Field(None, description="Relative general regression then.")
+    threshold: float | None = Field(None, description="The threshold.")
+    action: str | None = Field(None, description="Halt or Warn.")
+
+
+class CPTRunStatus(StatusModel):
+    """Observed state of a CPTRun."""
+
+    phase: (
+        Literal["Pending", "WaitingForCorpus", "Starting", "Running", "Restarting", "Suspended", "Halted", "Succeeded", "Failed"]
+        | None
+    ) = Field(None, description="Where the run is in its life.")
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation last acted on.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Standard conditions.")
+    started_at: str | None = Field(None, description="When the training job was first created (RFC 3339).")
+    completed_at: str | None = Field(None, description="When the run finished (RFC 3339).")
+    pytorch_job_name: str | None = Field(None, description="The PyTorchJob.")
+    config_map_name: str | None = Field(None, description="The ConfigMap holding the trainer config.")
+    progress: ProgressStatus | None = Field(None, description="Progress.")
+    metrics: MetricsStatus | None = Field(None, description="Latest metrics.")
+    checkpoints: list[CheckpointRecord] = Field(default_factory=list, max_length=1000, description="Evaluated checkpoints.")
+    best_checkpoint: BestCheckpoint | None = Field(None, description="The best eligible checkpoint.")
+    cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
+    halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")

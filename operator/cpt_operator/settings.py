@@ -1,0 +1,94 @@
+"""Operator settings: one typed object, read from a YAML file (the Helm chart mounts it)
+and overridden by `CPT_OPERATOR_*` environment variables.
+
+    CPT_OPERATOR_SETTINGS_FILE=/etc/cpt-operator/settings.yaml   # the file (optional)
+    CPT_OPERATOR_PROMETHEUS_URL=http://prometheus:9090          # any field, upper-cased
+
+Node pools are the platform team's: a CPTRun names one, and gets its node selector,
+tolerations and GPU resource; an unknown pool, or one its namespace may not use, is a
+condition on the run, not a pending pod.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CPT_OPERATOR_"
+SETTINGS_FILE_ENV = ENV_PREFIX + "SETTINGS_FILE"
+
+
+class NodePool(BaseModel):
+    """A GPU node pool tenants may train on."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(description="Name a CPTRun's spec.resources.nodePool refers to.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of the pool's nodes.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for the pool's taints.")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the GPUs.")
+    gpus_per_node: int = Field(8, ge=1, le=16, description="GPUs on each node.")
+    gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of one GPU, GiB (the memory-fit check).")
+    gpu_peak_tflops: float = Field(989.5, gt=0, description="Dense bf16 peak of one GPU, TFLOP/s (MFU).")
+    cpu: str = Field("32", description="Default CPU request per training pod.")
+    memory: str = Field("256Gi", description="Default memory request per training pod.")
+    allowed_namespaces: list[str] = Field(
+        default_factory=lambda: ["*"], description="Namespaces (glob patterns) whose runs may use the pool."
+    )
+
+    def allows(self, namespace: str) -> bool:
+        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowed_namespaces)
+
+
+def _default_pools() -> list[NodePool]:
+    return [NodePool(name="h100-80gb", node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})]
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the platform team configures."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_nested_delimiter="__")
+
+    trainer_image: str = Field("ghcr.io/cpt-operator/trainer:0.1.0", description="Default trainer image.")
+    allowed_trainer_images: list[str] = Field(
+        default_factory=list, description="Images (glob patterns) a CPTRun's spec.trainer.image may name; empty: none."
+    )
+    node_pools: list[NodePool] = Field(default_factory=_default_pools, description="GPU node pools.")
+    prometheus_url: str | None = Field(None, description="Prometheus HTTP API; None: scrape trainer pods directly.")
+    prometheus_bearer_token_file: str | None = Field(None, description="File with a bearer token for Prometheus.")
+    prometheus_ca_file: str | None = Field(None, description="CA bundle for a TLS Prometheus.")
+    control_interval_seconds: float = Field(30.0, gt=0, description="Period of the metrics control loop per run.")
+    metrics_stale_seconds: float = Field(300.0, gt=0, description="Metrics older than this count as unavailable.")
+    achieved_tflops_per_gpu: float = Field(400.0, gt=0, description="Achieved TFLOP/s per GPU for cost estimates.")
+    price_per_gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU-hour for cost estimates.")
+    backoff_limit: int = Field(3, ge=0, description="PyTorchJob/Job backoffLimit.")
+    watch_namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: cluster-wide.")
+    pvc_mount_root: str = Field("/mnt/cpt/pvc", description="Where PVCs are mounted in trainer pods.")
+    operator_metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics.")
+
+    def pool(self, name: str) -> NodePool | None:
+        return next((p for p in self.node_pools if p.name == name), None)
+
+    def image_allowed(self, image: str) -> bool:
+        return image == self.trainer_image or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_trainer_images)
+
+
+def load_settings(path: str | Path | None = None) -> OperatorSettings:
+    """Settings from `path` (or $CPT_OPERATOR_SETTINGS_FILE), environment variables winning."""
+    path = path or os.environ.get(SETTINGS_FILE_ENV)
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: operator settings must be a mapping")
+        data = loaded
+    env_keys = {k[len(ENV_PREFIX) :].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
+    # Environment variables win over the file: drop file keys the environment sets.
+    data = {k: v for k, v in data.items() if k not in env_keys}
+    return OperatorSettings(**data)
