@@ -23,10 +23,13 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes resource quantities (e.g. 4, 500m, 64Gi, 1.5e3).
 QUANTITY = r"^([+]?[0-9.]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# One path segment: may not start with '.', so '.' and '..' (and hidden names) never pass.
+_SEGMENT = r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*"
 # A relative path inside a volume or bucket: no leading '/', no '..' segment, no odd characters.
-RELATIVE_PATH = r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*/?$"
-S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.=/-]*)?$"
-ABSOLUTE_PATH = r"^/[A-Za-z0-9_.=/+-]*$"
+RELATIVE_PATH = rf"^({_SEGMENT})(/{_SEGMENT})*/?$"
+OPTIONAL_RELATIVE_PATH = rf"^$|^({_SEGMENT})(/{_SEGMENT})*/?$"
+S3_URI = rf"^s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?$"
+ABSOLUTE_PATH = rf"^(/{_SEGMENT})+/?$"
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class PVCLocation(APIModel):
     """A folder on a PersistentVolumeClaim in the same namespace."""
 
     claim_name: Name = Field(description="Name of the PersistentVolumeClaim, in this resource's own namespace.")
-    path: str = Field("", max_length=1024, pattern=r"^$|" + RELATIVE_PATH[1:], description="Folder below the volume's root.")
+    path: str = Field("", max_length=1024, pattern=OPTIONAL_RELATIVE_PATH, description="Folder below the volume's root.")
 
 
 class LocalLocation(APIModel):

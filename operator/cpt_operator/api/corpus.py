@@ -26,6 +26,14 @@ class CorpusSource(APIModel):
         description="Glob patterns of files below the location; .gz and .zst files are decompressed.",
     )  # fmt: skip
 
+    cel_rules = (
+        CEL(
+            "self.include.all(p, !p.startsWith('/') && !p.contains('..'))",
+            "include patterns must be relative and must not contain '..'",
+            ".include",
+        ),
+    )
+
 
 class NormalizeSpec(APIModel):
     """Unicode normalisation and whitespace clean-up."""

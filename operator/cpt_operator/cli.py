@@ -1,0 +1,82 @@
+"""`cpt`: the tenant's command line.
+
+    cpt plan FILES...        validate resources together and print the plan
+
+Exit codes: 0 fine; 1 the plan does not work (e.g. the run does not fit in GPU memory);
+2 bad input (unreadable files, malformed YAML, invalid resources, unresolved
+references), always one clear line per problem and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from cpt_operator.api.resources import InvalidResource, ManifestError, load_manifests
+from cpt_operator.plan_report import PlanError, build_plans, format_plan
+from cpt_operator.settings import load_settings
+
+
+def _plan(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.settings)
+    except (OSError, ValueError) as exc:
+        print(f"cpt plan: cannot read operator settings: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.tflops is not None:
+        settings.achieved_tflops_per_gpu = args.tflops
+    if args.price is not None:
+        settings.price_per_gpu_hour = args.price
+    try:
+        resources = load_manifests(args.files, default_namespace=args.namespace)
+        plans = build_plans(resources, settings)
+    except ManifestError as exc:
+        print(f"cpt plan: {exc}", file=sys.stderr)
+        return 2
+    except InvalidResource as exc:
+        for err in exc.errors:
+            print(f"cpt plan: {exc.kind} {exc.name!r}: {err}", file=sys.stderr)
+        return 2
+    except PlanError as exc:
+        for line in exc.problems:
+            print(f"cpt plan: {line}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps([p.as_dict() for p in plans], indent=2))
+    else:
+        print("\n\n".join(format_plan(p, show_objects=not args.no_objects) for p in plans))
+    misfits = [p for p in plans if p.memory is not None and not p.memory.fits]
+    for p in misfits:
+        print(
+            f"cpt plan: CPTRun {p.run.namespace}/{p.run.name} does not fit: needs {p.memory.total / 2**30:.1f} GiB "
+            f"per GPU, the pool's GPUs have {p.memory.gpu_memory_bytes / 2**30:.0f} GiB; raise deepspeed.zeroStage, "
+            "enable offload or gradient checkpointing, or lower training.microBatchSize",
+            file=sys.stderr,
+        )
+    return 1 if misfits else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cpt", description="cpt-operator's command line for tenants.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="validate Corpus/CheckpointPolicy/CPTRun manifests together and print the plan")
+    plan.add_argument("files", nargs="+", help="YAML files or folders of them")
+    plan.add_argument("--settings", help="operator settings YAML (node pools, trainer image); default: built-in")
+    plan.add_argument("--namespace", default="default", help="namespace of resources that name none (default: default)")
+    plan.add_argument("--tflops", type=float, help="achieved TFLOP/s per GPU for the estimate (default: settings)")
+    plan.add_argument("--price", type=float, help="price per GPU-hour (default: settings)")
+    plan.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    plan.add_argument("--no-objects", action="store_true", help="do not print the objects the operator would create")
+    plan.set_defaults(func=_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Build and print the plan of each CPTRun in a set of manifests (`cpt plan`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
+from cpt_operator.api.corpus import CorpusSpec
+from cpt_operator.api.cptrun import CPTRunSpec
+from cpt_operator.api.references import reference_problems
+from cpt_operator.api.resources import Resource
+from cpt_operator.plan import ComputeEstimate, MemoryFit, ModelShape, estimate_compute, estimate_memory, model_shape
+from cpt_operator.render.trainer_config import render_curation_config, render_trainer_config, total_steps
+from cpt_operator.settings import OperatorSettings
+
+
+class PlanError(Exception):
+    """Resources that do not work together; `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass
+class RunPlan:
+    run: Resource
+    steps: int
+    shape: ModelShape | None
+    compute: ComputeEstimate | None
+    memory: MemoryFit | None
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes}
+        out["compute"] = dataclasses.asdict(self.compute) if self.compute else None
+        if self.memory:
+            out["memory"] = {**dataclasses.asdict(self.memory), "total": self.memory.total, "fits": self.memory.fits}
+        out["objects"] = self.objects
+        return out
+
+
+def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
+    spec: CPTRunSpec = run.spec  # type: ignore[assignment]
+    pool = settings.pool(spec.resources.node_pool)
+    where = f"CPTRun {run.namespace}/{run.name}: spec.resources.nodePool"
+    if pool is None:
+        known = ", ".join(p.name for p in settings.node_pools) or "none"
+        return [f"{where} {spec.resources.node_pool!r} is not a node pool of this installation (known: {known})"]
+    problems = []
+    if not pool.allows(run.namespace):
+        problems.append(f"{where} {pool.name!r} may not be used from namespace {run.namespace}")
+    if spec.resources.gpus_per_node > pool.gpus_per_node:
+        problems.append(
+            f"CPTRun {run.namespace}/{run.name}: spec.resources.gpusPerNode {spec.resources.gpus_per_node} exceeds "
+            f"the {pool.gpus_per_node} GPUs per node of pool {pool.name!r}"
+        )
+    image = spec.trainer.image
+    if image and not settings.image_allowed(image):
+        problems.append(f"CPTRun {run.namespace}/{run.name}: spec.trainer.image {image!r} is not allowed by this installation")
+    return problems
+
+
+def _objects(run: Resource, by_key: dict[tuple[str, str, str], Resource], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The objects the operator would create: the full set once the operator renders them,
+    else the rendered trainer and curation configs."""
+    try:
+        from cpt_operator.render.objects import render_run_objects  # the operator's renderer
+    except ImportError:
+        render_run_objects = None
+    spec: CPTRunSpec = run.spec  # type: ignore[assignment]
+    corpora = {c.name: by_key[("Corpus", run.namespace, c.name)] for c in spec.corpora}
+    for g in spec.evaluation.general_evals:
+        if g.corpus:
+            corpora[g.corpus] = by_key[("Corpus", run.namespace, g.corpus)]
+    policy = by_key[("CheckpointPolicy", run.namespace, spec.checkpoint_policy_ref.name)]
+    if render_run_objects is not None:
+        return render_run_objects(run, corpora, policy, settings)
+    config = render_trainer_config(
+        run.namespace, run.name, spec, {n: c.spec for n, c in corpora.items()}, policy.spec,  # type: ignore[misc]
+        pvc_root=settings.pvc_mount_root,
+    )  # fmt: skip
+    out: list[dict[str, Any]] = [{"trainerConfig": config.model_dump(mode="json")}]
+    for name, corpus in corpora.items():
+        cc = render_curation_config(corpus.namespace, name, corpus.spec, pvc_root=settings.pvc_mount_root)  # type: ignore[arg-type]
+        out.append({"curationConfig": cc.model_dump(mode="json")})
+    return out
+
+
+def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[RunPlan]:
+    """A plan per CPTRun; raises PlanError when references or pools do not resolve."""
+    problems = reference_problems(resources)
+    runs = [r for r in resources if r.kind == "CPTRun"]
+    for run in runs:
+        problems += _pool_problems(run, settings)
+    if problems:
+        raise PlanError(problems)
+    by_key = {r.key: r for r in resources}
+    plans = []
+    for run in runs:
+        spec: CPTRunSpec = run.spec  # type: ignore[assignment]
+        pool = settings.pool(spec.resources.node_pool)
+        assert pool is not None  # checked above
+        gpus = spec.resources.nodes * spec.resources.gpus_per_node
+        shape = model_shape(spec)
+        notes = []
+        compute = memory = None
+        if shape is None:
+            notes.append("no compute or memory estimate: set spec.baseModel.parameters (or use a local model with config.json)")
+        else:
+            compute = estimate_compute(
+                shape.parameters, spec.training.total_tokens, gpus, settings.achieved_tflops_per_gpu, settings.price_per_gpu_hour
+            )
+            zero = spec.deepspeed.zero_stage if spec.deepspeed.enabled else 0
+            memory = estimate_memory(
+                shape, gpus, zero, spec.deepspeed.offload_optimizer, spec.deepspeed.offload_parameters,
+                spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
+                spec.training.precision, pool.gpu_memory_gib,
+            )  # fmt: skip
+        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, by_key, settings), notes))
+    return plans
+
+
+def _gib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 2**30:.1f} GiB"
+
+
+def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
+    spec: CPTRunSpec = plan.run.spec  # type: ignore[assignment]
+    r = spec.resources
+    lines = [
+        f"CPTRun {plan.run.namespace}/{plan.run.name}",
+        f"  hardware      {r.nodes} node(s) x {r.gpus_per_node} GPU(s) on pool {r.node_pool}",
+        f"  training      {spec.training.total_tokens:,} tokens = {plan.steps:,} steps x {spec.training.global_batch_size} "
+        f"sequences x {spec.training.sequence_length} tokens",
+        f"  mixing        alpha {spec.mixing.alpha} over " + ", ".join(f"{c.name} ({c.role}, w={c.weight:g})" for c in spec.corpora),
+    ]
+    if plan.shape and plan.compute:
+        c = plan.compute
+        lines += [
+            f"  model         {plan.shape.parameters:,} parameters (from {plan.shape.source})",
+            f"  compute       6 x N x D = {c.flops:.3e} FLOPs",
+            f"  GPU-hours     {c.gpu_hours:,.1f} at {c.achieved_tflops_per_gpu:g} TFLOP/s per GPU "
+            f"({c.wall_hours:,.1f} h wall on {c.gpus} GPUs)",
+            f"  cost          {c.cost:,.2f} at {c.price_per_gpu_hour:g} per GPU-hour",
+        ]
+    if plan.memory:
+        m = plan.memory
+        zero = spec.deepspeed.zero_stage if spec.deepspeed.enabled else 0
+        verdict = "fits" if m.fits else "DOES NOT FIT"
+        lines += [
+            f"  memory/GPU    ZeRO-{zero}: weights {_gib(m.weights)}, gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer)}, "
+            f"activations {_gib(m.activations)}, overhead {_gib(m.overhead)}",
+            f"                total {_gib(m.total)} of {_gib(m.gpu_memory_bytes)}: {verdict}",
+        ]
+        lines += [f"                note: {n}" for n in m.notes]
+    lines += [f"  note          {n}" for n in plan.notes]
+    if show_objects and plan.objects:
+        lines.append("  objects the operator would create:")
+        body = yaml.safe_dump_all(plan.objects, sort_keys=False, width=120)
+        lines += ["    " + line for line in body.splitlines()]
+    return "\n".join(lines)

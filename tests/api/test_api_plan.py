@@ -1,0 +1,178 @@
+"""`cpt plan`: the compute estimate matches a hand calculation, the memory-fit check, the
+objects shown, and bad input as one clear line with exit code 2 (the real CLI, in a subprocess)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cpt_operator.api.resources import load_manifests
+from cpt_operator.plan import ModelShape, estimate_compute, estimate_memory, llama_parameters
+from cpt_operator.plan_report import PlanError, build_plans
+from cpt_operator.settings import OperatorSettings
+
+REPO = Path(__file__).resolve().parents[2]
+LEGAL = REPO / "examples" / "legal-cpt"
+
+
+def cpt(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cpt_operator.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def write_legal(tmp_path: Path, run_overrides: dict, name: str = "legal") -> Path:
+    """The legal example with the CPTRun's spec deep-merged with `run_overrides`."""
+    out = tmp_path / name
+    out.mkdir()
+    for path in LEGAL.glob("*.yaml"):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
+            if doc["kind"] == "CPTRun":
+                _merge(doc["spec"], copy.deepcopy(run_overrides))
+        (out / path.name).write_text(yaml.safe_dump_all(docs))
+    return out
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def test_hand_calculation_8b_params_50b_tokens(tmp_path):
+    folder = write_legal(tmp_path, {"baseModel": {"parameters": 8_000_000_000}, "training": {"totalTokens": 50_000_000_000}})
+    result = cpt("plan", str(folder), "--output", "json", "--tflops", "400", "--price", "2")
+    assert result.returncode == 0, result.stderr
+    (plan,) = json.loads(result.stdout)
+    # 6 x 8e9 x 50e9 = 2.4e21 FLOPs; / (400e12 FLOP/s x 3600 s/h) = 1666.67 GPU-hours; x 2 = 3333.33
+    assert plan["compute"]["flops"] == pytest.approx(2.4e21, rel=1e-12)
+    assert plan["compute"]["gpu_hours"] == pytest.approx(2.4e21 / (400e12 * 3600), rel=1e-12)
+    assert plan["compute"]["gpu_hours"] == pytest.approx(1666.667, rel=1e-6)
+    assert plan["compute"]["cost"] == pytest.approx(3333.333, rel=1e-6)
+    assert plan["compute"]["wall_hours"] == pytest.approx(1666.667 / 16, rel=1e-6)
+
+
+def test_8b_zero0_on_80gb_does_not_fit_and_zero3_on_16_gpus_fits(tmp_path):
+    base = {"baseModel": {"parameters": 8_000_000_000}}
+    zero0 = write_legal(tmp_path, {**base, "deepspeed": {"zeroStage": 0}}, "zero0")
+    result = cpt("plan", str(zero0), "--no-objects")
+    assert result.returncode == 1
+    assert "DOES NOT FIT" in result.stdout
+    assert "does not fit" in result.stderr and "zeroStage" in result.stderr
+    zero3 = write_legal(tmp_path, {**base, "deepspeed": {"zeroStage": 3}}, "zero3")
+    result = cpt("plan", str(zero3), "--no-objects")
+    assert result.returncode == 0, result.stderr
+    assert ": fits" in result.stdout
+
+
+def test_memory_accounting_by_zero_stage():
+    shape = ModelShape(parameters=8_000_000_000)
+    kwargs = dict(gpus=16, offload_optimizer=False, offload_parameters=False, micro_batch_size=1, sequence_length=2048,
+                  gradient_checkpointing=False, precision="bf16", gpu_memory_gib=80)  # fmt: skip
+    z0, z1, z2, z3 = (estimate_memory(shape, zero_stage=z, **kwargs) for z in range(4))
+    assert z0.weights + z0.gradients + z0.optimizer == 16 * 8e9  # 2 + 2 + 12 bytes per parameter
+    assert z1.optimizer == 12 * 8e9 / 16 and z1.gradients == 2 * 8e9
+    assert z2.gradients == 2 * 8e9 / 16
+    assert z3.weights == 2 * 8e9 / 16
+    assert not z0.fits and z3.fits
+    offloaded = estimate_memory(shape, zero_stage=3, **{**kwargs, "offload_optimizer": True})
+    assert offloaded.optimizer == 0 and offloaded.total < z3.total
+
+
+def test_compute_estimate_function():
+    est = estimate_compute(1_000_000_000, 1_000_000_000, gpus=8, achieved_tflops_per_gpu=500, price_per_gpu_hour=3)
+    assert est.flops == 6e18
+    assert est.gpu_hours == pytest.approx(6e18 / (500e12 * 3600))
+
+
+def test_llama_parameter_count_from_config():
+    # TinyLlama-1.1B's published shape has 1,100,048,384 parameters.
+    cfg = {"hidden_size": 2048, "num_hidden_layers": 22, "vocab_size": 32000, "intermediate_size": 5632,
+           "num_attention_heads": 32, "num_key_value_heads": 4, "tie_word_embeddings": False}  # fmt: skip
+    assert llama_parameters(cfg) == 1_100_048_384
+
+
+def test_plan_reads_n_from_a_local_model_config(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    cfg = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1000, "intermediate_size": 176, "num_attention_heads": 4}
+    (model / "config.json").write_text(json.dumps(cfg))
+    folder = write_legal(tmp_path, {"baseModel": {"location": {"local": {"path": str(model)}}, "parameters": 1}})
+    # the location was merged, so drop the s3 source the example had
+    for path in folder.glob("*.yaml"):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
+            if doc["kind"] == "CPTRun":
+                doc["spec"]["baseModel"]["location"].pop("s3")
+        path.write_text(yaml.safe_dump_all(docs))
+    (plan,) = build_plans(load_manifests([folder]), OperatorSettings())
+    assert plan.shape.parameters == llama_parameters(cfg)
+    assert plan.shape.source.endswith("config.json")
+
+
+def test_plan_shows_the_trainer_config_with_the_run_prefix():
+    (plan,) = build_plans(load_manifests([LEGAL]), OperatorSettings())
+    text = json.dumps(plan.objects)
+    assert "s3://legal-team-checkpoints/cpt/legal-team/llama3-8b-legal" in text
+    assert "SECRET" not in text.upper().replace("CREDENTIALSSECRET", "")
+
+
+def test_unresolved_and_mistyped_references(tmp_path):
+    resources = load_manifests([LEGAL])
+    run = next(r for r in resources if r.kind == "CPTRun")
+    without_policy = [r for r in resources if r.kind != "CheckpointPolicy"]
+    with pytest.raises(PlanError, match=r"spec.checkpointPolicyRef.name names CheckpointPolicy 'legal-keep-best'"):
+        build_plans(without_policy, OperatorSettings())
+    other_ns = [r for r in resources if r.kind != "Corpus" or r.name != "legal-contracts"]
+    moved = next(r for r in resources if r.name == "legal-contracts")
+    moved.namespace = "other-team"
+    with pytest.raises(PlanError, match=r"spec.corpora\[0\].name .* exists in namespace other-team"):
+        build_plans(other_ns + [moved], OperatorSettings())
+    assert run.spec.resources.node_pool == "h100-80gb"
+
+
+def test_unknown_node_pool_is_reported():
+    settings = OperatorSettings(node_pools=[{"name": "a100-40gb"}])
+    with pytest.raises(PlanError, match=r"spec.resources.nodePool 'h100-80gb' is not a node pool .*known: a100-40gb"):
+        build_plans(load_manifests([LEGAL]), settings)
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ("kind: [unclosed\n", "malformed YAML (line"),
+        ("apiVersion: cpt.dev/v1alpha1\nkind: CPTJob\nmetadata: {name: x}\nspec: {}\n", "unknown kind 'CPTJob'"),
+        ("apiVersion: cpt.dev/v2\nkind: CPTRun\nmetadata: {name: x}\nspec: {}\n", "'cpt.dev/v2' is not served"),
+        ("apiVersion: batch/v1\nkind: CPTRun\nmetadata: {name: x}\nspec: {}\n", "CPTRun belongs to cpt.dev/v1alpha1"),
+        ("- just\n- a list\n", "a manifest must be a mapping"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    result = cpt("plan", str(bad))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_file_is_one_clear_line_and_exit_2(tmp_path):
+    result = cpt("plan", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cpt plan: {tmp_path / 'nope.yaml'}: no such file or directory"
+
+
+def test_invalid_field_through_the_cli_names_it(tmp_path):
+    folder = write_legal(tmp_path, {"mixing": {"alpha": 3}})
+    result = cpt("plan", str(folder))
+    assert result.returncode == 2
+    assert "spec.mixing.alpha: must be less than or equal to 1.0" in result.stderr
+    assert "Traceback" not in result.stderr
