@@ -1,0 +1,135 @@
+"""Reading a run's metrics: the Prometheus HTTP API, or the trainer's /metrics directly.
+
+Every tenant-supplied value reaches PromQL only through `label_matcher`, which escapes it
+as a PromQL string literal, so a crafted run name or namespace cannot widen a selector.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from cpt_trainer.contract import metrics as names
+
+
+class MetricsUnavailable(Exception):
+    """Prometheus (or the trainer endpoint) could not be read."""
+
+
+def escape_label_value(value: str) -> str:
+    """A PromQL double-quoted string literal's body for `value`."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def label_matcher(**labels: str) -> str:
+    """`{a="x",b="y"}` with every value escaped."""
+    inner = ",".join(f'{key}="{escape_label_value(str(value))}"' for key, value in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def run_selector(namespace: str, run: str) -> str:
+    """All cpt_ trainer metrics of one run (one query per control-loop pass)."""
+    return label_matcher(namespace=namespace, run=run)[:-1] + ',__name__=~"cpt_.+"}'
+
+
+@dataclass
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+    timestamp: float | None = None
+
+
+@dataclass
+class RunMetrics:
+    """The latest value of each trainer metric of one run; general metrics by eval name."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    general_scores: dict[str, float] = field(default_factory=dict)
+    baseline_general_scores: dict[str, float] = field(default_factory=dict)
+    newest_timestamp: float | None = None
+
+    def get(self, spec: names.MetricSpec) -> float | None:
+        return self.values.get(spec.name)
+
+
+def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
+    out = RunMetrics()
+    for s in samples:
+        name = s.name
+        if name.endswith("_created"):
+            continue  # prometheus-client's counter creation times
+        if name == names.GENERAL_SCORE.name:
+            out.general_scores[s.labels.get("eval", "")] = s.value
+        elif name == names.BASELINE_GENERAL_SCORE.name:
+            out.baseline_general_scores[s.labels.get("eval", "")] = s.value
+        else:
+            out.values[name] = s.value
+        if s.timestamp is not None:
+            out.newest_timestamp = max(out.newest_timestamp or 0.0, s.timestamp)
+    return out
+
+
+class PrometheusClient:
+    """Instant and range queries over the Prometheus HTTP API."""
+
+    def __init__(self, url: str, bearer_token: str | None = None, ca_file: str | None = None, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if bearer_token:
+            self.session.headers["Authorization"] = f"Bearer {bearer_token}"
+        self.verify: bool | str = ca_file or True
+        self.timeout = timeout
+        self.last_latency: float | None = None
+
+    def _get(self, path: str, params: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            resp = self.session.get(self.url + path, params=params, timeout=self.timeout, verify=self.verify)
+            payload = resp.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise MetricsUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from None
+        finally:
+            self.last_latency = time.perf_counter() - started
+        if resp.status_code != 200 or payload.get("status") != "success":
+            raise MetricsUnavailable(f"Prometheus query failed ({resp.status_code}): {payload.get('error', payload)}")
+        return payload["data"]
+
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        data = self._get("/api/v1/query", params)
+        return [
+            Sample(r["metric"].get("__name__", ""), r["metric"], float(r["value"][1]), float(r["value"][0]))
+            for r in data.get("result", [])
+        ]
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> dict[tuple[str, tuple], list[tuple[float, float]]]:
+        data = self._get("/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step})
+        out: dict[tuple[str, tuple], list[tuple[float, float]]] = {}
+        for r in data.get("result", []):
+            key = (r["metric"].get("__name__", ""), tuple(sorted(r["metric"].items())))
+            out[key] = [(float(t), float(v)) for t, v in r["values"]]
+        return out
+
+    def run_metrics(self, namespace: str, run: str) -> RunMetrics:
+        return run_metrics_from_samples(self.query(run_selector(namespace, run)))
+
+
+def scrape_run_metrics(url: str, namespace: str, run: str, timeout: float = 5.0) -> RunMetrics:
+    """Local-mode fallback: read the trainer's /metrics endpoint directly."""
+    try:
+        text = requests.get(url, timeout=timeout).text
+    except requests.RequestException as exc:
+        raise MetricsUnavailable(f"trainer metrics at {url} did not answer: {exc}") from None
+    samples = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("namespace") == namespace and s.labels.get("run") == run and s.name.startswith("cpt_"):
+                samples.append(Sample(s.name, dict(s.labels), float(s.value), time.time()))
+    return run_metrics_from_samples(samples)

@@ -1,0 +1,174 @@
+"""Checkpoint storage as the operator sees it: list complete checkpoints, read their
+metrics.json, delete what the policy does not keep.
+
+Deletion is confined to the run's own prefix: a checkpoint URI outside
+`<storage>/<namespace>/<run>/`, or not exactly one `step-NNNNNNNN` folder below it, is
+refused (`DeletionRefused`), whatever put it in the status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
+
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+class DeletionRefused(Exception):
+    """A deletion outside the run's own prefix."""
+
+
+class StorageError(Exception):
+    """The store failed (network, permissions); retry later, nothing was decided."""
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    step: int
+    uri: str
+
+
+class CheckpointStore(Protocol):
+    prefix: str
+
+    def list_complete(self) -> list[StoredCheckpoint]: ...
+    def read_metrics(self, step: int) -> dict[str, Any] | None: ...
+    def delete(self, uri: str) -> None: ...
+    def delete_run(self) -> int: ...
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key.strip("/")
+
+
+def confined_step(prefix_uri: str, uri: str) -> int:
+    """The step of `uri` when it is exactly `<prefix>/step-N`; else DeletionRefused."""
+    prefix = prefix_uri.rstrip("/") + "/"
+    if not uri.startswith(prefix):
+        raise DeletionRefused(f"checkpoint {uri!r} is outside the run's prefix {prefix!r}")
+    rest = uri[len(prefix) :].rstrip("/")
+    match = STEP_DIR.match(rest)
+    if not match:
+        raise DeletionRefused(f"checkpoint {uri!r} is not one step-NNNNNNNN folder below {prefix!r}")
+    return int(match.group(1))
+
+
+class S3CheckpointStore:
+    """A run's checkpoints under s3://bucket/<prefix>/<namespace>/<run>/step-NNNNNNNN/."""
+
+    def __init__(self, prefix_uri: str, client: Any):
+        self.prefix = prefix_uri.rstrip("/")
+        self.bucket, self.key_prefix = _split_s3(self.prefix)
+        self.client = client
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, method)(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 {method} on {self.bucket} failed: {exc}") from None
+
+    def _keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+
+    def list_complete(self) -> list[StoredCheckpoint]:
+        out = []
+        for key in self._keys(self.key_prefix + "/"):
+            rest = key[len(self.key_prefix) + 1 :]
+            folder, _, name = rest.partition("/")
+            match = STEP_DIR.match(folder)
+            if match and name == CHECKPOINT_COMPLETE_MARKER:
+                out.append(StoredCheckpoint(int(match.group(1)), f"{self.prefix}/{folder}"))
+        return sorted(out, key=lambda c: c.step)
+
+    def read_metrics(self, step: int) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        key = f"{self.key_prefix}/{step_dir_name(step)}/{CHECKPOINT_METRICS_FILE}"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(f"S3 get_object {key} failed: {exc}") from None
+        return json.loads(body)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            result = self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if result.get("Errors"):
+                raise StorageError(f"S3 delete_objects failed for {len(result['Errors'])} key(s): {result['Errors'][0]}")
+
+    def delete(self, uri: str) -> None:
+        step = confined_step(self.prefix, uri)
+        folder = f"{self.key_prefix}/{step_dir_name(step)}/"
+        keys = self._keys(folder)
+        # The COMPLETE marker goes first: a half-deleted checkpoint must never look complete.
+        marker = folder + CHECKPOINT_COMPLETE_MARKER
+        if marker in keys:
+            self._delete_keys([marker])
+            keys.remove(marker)
+        self._delete_keys(keys)
+
+    def delete_run(self) -> int:
+        keys = self._keys(self.key_prefix + "/")
+        self._delete_keys(keys)
+        return len(keys)
+
+
+class LocalCheckpointStore:
+    """Checkpoints in a folder (local mode; a PVC as the trainer pod sees it)."""
+
+    def __init__(self, prefix: str | Path):
+        self.prefix = str(Path(prefix))
+
+    def list_complete(self) -> list[StoredCheckpoint]:
+        root = Path(self.prefix)
+        if not root.is_dir():
+            return []
+        out = []
+        for child in root.iterdir():
+            match = STEP_DIR.match(child.name)
+            if match and (child / CHECKPOINT_COMPLETE_MARKER).is_file():
+                out.append(StoredCheckpoint(int(match.group(1)), str(child)))
+        return sorted(out, key=lambda c: c.step)
+
+    def read_metrics(self, step: int) -> dict[str, Any] | None:
+        path = Path(self.prefix) / step_dir_name(step) / CHECKPOINT_METRICS_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def delete(self, uri: str) -> None:
+        step = confined_step(self.prefix, uri)
+        folder = Path(self.prefix) / step_dir_name(step)
+        (folder / CHECKPOINT_COMPLETE_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def delete_run(self) -> int:
+        entries = self.list_complete()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        return len(entries)

@@ -1,0 +1,61 @@
+"""Which spec fields of a started run may change, and detecting a change of the others.
+
+The running PyTorchJob records a digest of the immutable fields (an annotation); a spec
+whose digest differs is refused with a condition and the job is left as it is. The CRD's
+CEL transition rules refuse the most important ones (baseModel, corpora,
+tokenizerExtension) already at `kubectl apply` time, once `status.startedAt` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# camelCase paths in spec. Changing any of them would change what a resumed run trains on
+# or need different pods/checkpoints (ZeRO layout, world size, data order).
+IMMUTABLE_RUN_FIELDS: tuple[str, ...] = (
+    "baseModel",
+    "corpora",
+    "tokenizerExtension",
+    "training.sequenceLength",
+    "training.globalBatchSize",
+    "training.microBatchSize",
+    "training.seed",
+    "deepspeed",
+    "resources.nodePool",
+    "resources.nodes",
+    "resources.gpusPerNode",
+    "resources.queueName",
+    "resources.priorityClassName",
+    "checkpointPolicyRef",
+    "trainer",
+)
+"""Everything else (learning rate and schedule, mixing, evaluation, cpu/memory requests,
+tolerations, suspend) is mutable: the ConfigMap is updated and a restarted or resumed
+trainer reads it; `suspend` is applied to the PyTorchJob at once."""
+
+
+def _resolve(spec: dict[str, Any], path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def immutable_values(spec: dict[str, Any]) -> dict[str, Any]:
+    """The immutable fields of a (defaulted, camelCase) run spec."""
+    return {path: _resolve(spec, path) for path in IMMUTABLE_RUN_FIELDS}
+
+
+def immutable_digest(spec: dict[str, Any]) -> str:
+    """A short digest of the immutable fields (stored on the PyTorchJob)."""
+    text = json.dumps(immutable_values(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def changed_immutable_fields(stored_values_digest: str | None, spec: dict[str, Any]) -> bool:
+    """True when a job was created from a different set of immutable values."""
+    return stored_values_digest is not None and stored_values_digest != immutable_digest(spec)

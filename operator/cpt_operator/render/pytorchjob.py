@@ -1,0 +1,208 @@
+"""Render a CPTRun into its trainer ConfigMap and kubeflow.org/v1 PyTorchJob (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
+from cpt_operator.api.common import API_VERSION, Location, StorageLocation, SecretReference
+from cpt_operator.api.corpus import CorpusSpec
+from cpt_operator.api.cptrun import CPTRunSpec
+from cpt_operator.decide.immutable import immutable_digest
+from cpt_operator.render import names
+from cpt_operator.render.configmap import TRAINER_CONFIG_KEY, config_json, digest, render_configmap
+from cpt_operator.render.pod import (
+    CONFIG_DIR,
+    container_security_context,
+    credential_env,
+    credentials_secret,
+    pod_security_context,
+    scratch_env,
+    volumes_and_mounts,
+)
+from cpt_operator.render.trainer_config import render_trainer_config
+from cpt_operator.settings import NodePool, OperatorSettings
+
+PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
+# The training operator finds the trainer container by this name.
+CONTAINER_NAME = "pytorch"
+# Retryable failures (signals: preemption, OOM kill) restart the pod up to backoffLimit;
+# exit codes 1-127 (e.g. 2: invalid config) fail the job at once instead of looping.
+RESTART_POLICY = "ExitCode"
+# When the job ends (failed or succeeded), delete the pods that still run, so no master
+# or worker keeps holding GPUs; finished pods stay for `kubectl logs` (they hold no GPUs).
+CLEAN_POD_POLICY = "Running"
+
+
+@dataclass
+class RunInputs:
+    """Everything a run's objects are rendered from (resolved in the run's own namespace)."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: CPTRunSpec
+    corpora: dict[str, CorpusSpec]
+    policy: CheckpointPolicySpec
+    corpus_outputs: dict[str, str] = field(default_factory=dict)
+
+
+def referenced_corpora(spec: CPTRunSpec) -> list[str]:
+    """Every Corpus a run needs Ready: its corpora, general-eval corpora, fromCorpus; in order."""
+    out: list[str] = []
+    for name in [c.name for c in spec.corpora] + [g.corpus for g in spec.evaluation.general_evals if g.corpus]:
+        if name not in out:
+            out.append(name)
+    if spec.tokenizer_extension.from_corpus and spec.tokenizer_extension.from_corpus not in out:
+        out.append(spec.tokenizer_extension.from_corpus)
+    return out
+
+
+def run_locations(inputs: RunInputs) -> list[Location | StorageLocation | None]:
+    spec = inputs.spec
+    return [
+        spec.base_model.location,
+        spec.base_model.tokenizer,
+        *(inputs.corpora[c].output for c in referenced_corpora(spec) if c in inputs.corpora),
+        inputs.policy.storage,
+    ]
+
+
+def run_credentials(inputs: RunInputs) -> SecretReference | None:
+    """The tenant Secret the trainer pods read S3 credentials from (ConflictingCredentials if several)."""
+    return credentials_secret(*run_locations(inputs))
+
+
+def trainer_image(spec: CPTRunSpec, settings: OperatorSettings) -> str:
+    return spec.trainer.image or settings.trainer_image
+
+
+def render_trainer_configmap(inputs: RunInputs, settings: OperatorSettings) -> dict[str, Any]:
+    config = render_trainer_config(
+        inputs.namespace, inputs.name, inputs.spec, inputs.corpora, inputs.policy,
+        uid=inputs.uid, pvc_root=settings.pvc_mount_root, corpus_outputs=inputs.corpus_outputs,
+    )  # fmt: skip
+    return render_configmap(
+        names.trainer_configmap_name(inputs.name),
+        inputs.namespace,
+        TRAINER_CONFIG_KEY,
+        config_json(config),
+        names.run_labels(inputs.namespace, inputs.name, "trainer-config"),
+        names.owner_reference(API_VERSION, "CPTRun", inputs.name, inputs.uid),
+    )
+
+
+def _tolerations(pool: NodePool, spec: CPTRunSpec) -> list[dict[str, Any]]:
+    out = [dict(t) for t in pool.tolerations]
+    for t in spec.resources.tolerations:
+        wire = t.to_wire()
+        if wire not in out:
+            out.append(wire)
+    return out
+
+
+def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool, config_text: str, role: str) -> dict[str, Any]:
+    spec = inputs.spec
+    res = spec.resources
+    gpus = str(res.gpus_per_node)
+    memory = str(res.memory if res.memory is not None else pool.memory)
+    cpu = str(res.cpu if res.cpu is not None else pool.cpu)
+    volumes, mounts = volumes_and_mounts(
+        names.trainer_configmap_name(inputs.name), run_locations(inputs), settings.pvc_mount_root, shm=True
+    )
+    port = spec.trainer.metrics_port
+    labels = names.run_labels(inputs.namespace, inputs.name, "trainer")
+    labels["cpt.dev/replica-type"] = role.lower()
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": "default",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "nodeSelector": dict(pool.node_selector),
+        "tolerations": _tolerations(pool, spec),
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": trainer_image(spec, settings),
+                "imagePullPolicy": "IfNotPresent",
+                # torchrun reads nodes, rank, master and nprocPerNode from the PET_* variables
+                # the training operator sets, and starts one trainer process per GPU.
+                "command": ["torchrun", "--no-python", "cpt-trainer", "train", "--config", f"{CONFIG_DIR}/{TRAINER_CONFIG_KEY}"],
+                "env": [
+                    *scratch_env(),
+                    {"name": "CPT_RUN_NAMESPACE", "value": inputs.namespace},
+                    {"name": "CPT_RUN_NAME", "value": inputs.name},
+                    *credential_env(run_credentials(inputs)),
+                ],
+                "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+                "resources": {
+                    "requests": {"cpu": cpu, "memory": memory, pool.gpu_resource: gpus},
+                    "limits": {"memory": memory, pool.gpu_resource: gpus},
+                },
+                "securityContext": container_security_context(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": mounts,
+            }
+        ],
+        "volumes": volumes,
+    }
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    return {
+        "metadata": {
+            "labels": labels,
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(port),
+                names.ANNOTATION_CONFIG_DIGEST: digest(config_text),
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def render_pytorchjob(
+    inputs: RunInputs, settings: OperatorSettings, pool: NodePool, suspend: bool, config_text: str
+) -> dict[str, Any]:
+    """The run's PyTorchJob: one Master and nodes-1 Workers, `nprocPerNode` = GPUs per node.
+
+    `suspend` is the initial runPolicy.suspend (tenant suspend, or a Kueue queue: Kueue
+    un-suspends on admission); `config_text` is the trainer config JSON (its digest is
+    recorded so a changed config is visible on the job).
+    """
+    spec = inputs.spec
+    labels = names.run_labels(inputs.namespace, inputs.name, "trainer")
+    if spec.resources.queue_name:
+        labels[names.KUEUE_QUEUE_LABEL] = spec.resources.queue_name
+    replicas: dict[str, Any] = {
+        "Master": {"replicas": 1, "restartPolicy": RESTART_POLICY, "template": _pod_template(inputs, settings, pool, config_text, "Master")}
+    }
+    if spec.resources.nodes > 1:
+        replicas["Worker"] = {
+            "replicas": spec.resources.nodes - 1,
+            "restartPolicy": RESTART_POLICY,
+            "template": _pod_template(inputs, settings, pool, config_text, "Worker"),
+        }
+    return {
+        "apiVersion": PYTORCHJOB_API_VERSION,
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": names.pytorchjob_name(inputs.name),
+            "namespace": inputs.namespace,
+            "labels": labels,
+            "annotations": {
+                names.ANNOTATION_SPEC_DIGEST: immutable_digest(spec.to_wire()),
+                names.ANNOTATION_CONFIG_DIGEST: digest(config_text),
+            },
+            "ownerReferences": [names.owner_reference(API_VERSION, "CPTRun", inputs.name, inputs.uid)],
+        },
+        "spec": {
+            "nprocPerNode": str(spec.resources.gpus_per_node),
+            "runPolicy": {
+                "backoffLimit": settings.backoff_limit,
+                "cleanPodPolicy": CLEAN_POD_POLICY,
+                "suspend": suspend,
+            },
+            "pytorchReplicaSpecs": replicas,
+        },
+    }

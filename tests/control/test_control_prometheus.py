@@ -1,0 +1,80 @@
+"""The operator's Prometheus client against a real Prometheus scraping a real exporter on
+loopback: reads a run's metrics, and crafted run names cannot widen a PromQL selector."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from control_servers import free_port
+from cpt_operator.control.prometheus import (
+    MetricsUnavailable,
+    PrometheusClient,
+    escape_label_value,
+    label_matcher,
+    scrape_run_metrics,
+)
+from cpt_trainer.contract import metrics as names
+
+CRAFTED = ['evil"}', 'x",run=~".+', "back\\slash", 'multi\nline', "a'b"]
+
+
+def exporter(runs: dict[tuple[str, str], float]):
+    registry = CollectorRegistry()
+    ppl = Gauge(names.DOMAIN_PERPLEXITY.name, names.DOMAIN_PERPLEXITY.help, names.DOMAIN_PERPLEXITY.labels, registry=registry)
+    for (ns, run), value in runs.items():
+        ppl.labels(ns, run).set(value)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return port, server
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("condition not met in time")
+
+
+def test_escaping_produces_valid_string_literals():
+    assert escape_label_value('a"b') == 'a\\"b'
+    assert label_matcher(run='x"}') == '{run="x\\"}"}'
+
+
+def test_reads_each_run_and_crafted_names_stay_inside_their_own_run(prometheus_factory):
+    runs = {("tenant-a", "run"): 11.0, ("tenant-b", "run"): 22.0}
+    runs.update({("tenant-c", name): 100.0 + i for i, name in enumerate(CRAFTED)})
+    port, server = exporter(runs)
+    try:
+        prom = prometheus_factory([f"127.0.0.1:{port}"])
+        client = PrometheusClient(prom.url)
+        got = wait_for(lambda: client.run_metrics("tenant-a", "run").get(names.DOMAIN_PERPLEXITY))
+        assert got == 11.0
+        assert client.run_metrics("tenant-b", "run").get(names.DOMAIN_PERPLEXITY) == 22.0
+        for i, name in enumerate(CRAFTED):
+            samples = client.query(names.DOMAIN_PERPLEXITY.name + label_matcher(namespace="tenant-c", run=name))
+            assert [(s.labels["run"], s.value) for s in samples] == [(name, 100.0 + i)]
+        assert client.run_metrics("tenant-a", 'run"} or vector(1) #').values == {}
+        assert client.last_latency is not None
+    finally:
+        server.shutdown()
+
+
+def test_prometheus_down_is_metrics_unavailable():
+    client = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(MetricsUnavailable):
+        client.run_metrics("ns", "run")
+
+
+def test_direct_scrape_fallback_reads_only_the_run():
+    port, server = exporter({("ns", "run"): 5.0, ("ns", "other"): 6.0})
+    try:
+        metrics = scrape_run_metrics(f"http://127.0.0.1:{port}/metrics", "ns", "run")
+        assert metrics.get(names.DOMAIN_PERPLEXITY) == 5.0
+    finally:
+        server.shutdown()
