@@ -265,6 +265,14 @@ class CheckpointRecord(StatusModel):
     deleted: bool = Field(False, description="Deleted by the policy.")
 
 
+class EvaluationRecord(StatusModel):
+    """One evaluation the forgetting monitor saw."""
+
+    step: int = Field(ge=0, description="Step of the evaluation (0: the baseline, before the first update).")
+    domain_perplexity: float | None = Field(None, description="Domain perplexity.")
+    general_regression: float | None = Field(None, description="Relative general regression against the baseline.")
+
+
 class BestCheckpoint(StatusModel):
     """The run's result: the best eligible checkpoint by the policy's ranking."""
 
@@ -307,6 +315,13 @@ class CPTRunStatus(StatusModel):
     progress: ProgressStatus | None = Field(None, description="Progress.")
     metrics: MetricsStatus | None = Field(None, description="Latest metrics.")
     checkpoints: list[CheckpointRecord] = Field(default_factory=list, max_length=1000, description="Evaluated checkpoints.")
+    evaluations: list[EvaluationRecord] = Field(
+        default_factory=list, max_length=200, description="Recent evaluations (the newest 200), for the forgetting monitor."
+    )
     best_checkpoint: BestCheckpoint | None = Field(None, description="The best eligible checkpoint.")
     cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
+    delete_checkpoints_with_run: bool | None = Field(
+        None,
+        description="The CheckpointPolicy's deleteWithRun as last seen; while true a finalizer makes deletion wait until the checkpoints are deleted.",  # noqa: E501
+    )

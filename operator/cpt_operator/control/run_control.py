@@ -1,0 +1,275 @@
+"""One pass of the metrics-driven control loop for one CPTRun.
+
+`control_step(inputs)` reads what the trainer measured (Prometheus or a direct scrape) and
+the run's checkpoints (their own metrics.json), and decides:
+
+- `status.progress` and `status.metrics`;
+- `status.evaluations` and `status.checkpoints` (keyed by step: nothing recorded twice,
+  nothing lost across operator restarts, since checkpoints are re-read from storage);
+- checkpoint rotation by the CheckpointPolicy (deletes go through the store, which
+  refuses anything outside the run's prefix);
+- the forgetting monitor (Halt: suspend + phase Halted; Warn: condition + Event).
+
+Nothing is deleted and nothing halts while metrics are unavailable or stale, or while the
+store cannot be listed. The caller applies `status_patch`, suspends the job when
+`halt` is set, and posts `events`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
+from cpt_operator.api.cptrun import CPTRunSpec
+from cpt_operator.conditions import now_rfc3339, set_condition, truncate_message
+from cpt_operator.control.prometheus import RunMetrics
+from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError
+from cpt_operator.decide.forgetting import EvalPoint, decide_forgetting
+from cpt_operator.decide.retention import (
+    EvaluatedCheckpoint,
+    RetentionPolicy,
+    composite_score,
+    select_checkpoints_to_keep,
+)
+from cpt_operator.render.trainer_config import total_steps
+from cpt_trainer.contract import metrics as names
+
+logger = logging.getLogger(__name__)
+
+# Condition types and reasons of the control loop.
+METRICS_AVAILABLE = "MetricsAvailable"
+"""True while the run's metrics are fresh; False (MetricsUnavailable) stops deletions and halts."""
+FORGETTING = "ForgettingThresholdExceeded"
+"""True when the general regression stayed over the threshold for `patience` evaluations."""
+CHECKPOINTS_ROTATED = "CheckpointsRotated"
+"""False while the store cannot be listed or a deletion failed (retried next pass)."""
+METRICS_FRESH = "MetricsFresh"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+METRICS_STALE = "MetricsStale"
+WITHIN_THRESHOLD = "WithinThreshold"
+THRESHOLD_EXCEEDED = "ForgettingThresholdExceeded"
+ROTATED = "Rotated"
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+DELETION_REFUSED = "DeletionRefused"
+
+MAX_EVALUATIONS = 200
+
+
+@dataclass
+class ControlInputs:
+    namespace: str
+    name: str
+    generation: int | None
+    spec: CPTRunSpec
+    policy: CheckpointPolicySpec
+    status: dict[str, Any]
+    metrics: RunMetrics | None
+    metrics_error: str | None
+    store: CheckpointStore | None
+    now: float
+    stale_after_seconds: float = 300.0
+
+
+@dataclass
+class ControlOutcome:
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    halt: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def _iso(ts: float) -> str:
+    return now_rfc3339(datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc))
+
+
+def retention_policy(policy: CheckpointPolicySpec) -> RetentionPolicy:
+    return RetentionPolicy(
+        keep_last_n=policy.keep_last_n,
+        keep_best_k=policy.keep_best_k,
+        best_metric=policy.best_metric,
+        milestone_interval=policy.milestone_interval,
+        weight_domain=policy.composite_weights.domain,
+        weight_general=policy.composite_weights.general,
+    )
+
+
+def _progress(spec: CPTRunSpec, m: RunMetrics) -> dict[str, Any]:
+    steps = total_steps(spec)
+    step = int(m.get(names.STEP) or 0)
+    tokens = int(m.get(names.TOKENS_SEEN) or 0)
+    total_tokens = spec.training.total_tokens
+    rate = m.get(names.TOKENS_PER_SECOND)
+    out: dict[str, Any] = {
+        "step": step,
+        "totalSteps": steps,
+        "display": f"{step}/{steps}",
+        "tokens": tokens,
+        "totalTokens": total_tokens,
+        "percent": round(min(100.0, 100.0 * step / steps), 2),
+    }
+    if rate and rate > 0:
+        out["etaSeconds"] = round(max(0.0, (total_tokens - tokens) / rate), 1)
+    return out
+
+
+def _metrics_status(m: RunMetrics, now: float) -> dict[str, Any]:
+    pairs = {
+        "trainLoss": names.TRAIN_LOSS,
+        "learningRate": names.LEARNING_RATE,
+        "tokensPerSecond": names.TOKENS_PER_SECOND,
+        "mfu": names.MFU,
+        "domainPerplexity": names.DOMAIN_PERPLEXITY,
+        "generalRegression": names.GENERAL_REGRESSION,
+    }
+    out: dict[str, Any] = {k: v for k, spec in pairs.items() if (v := m.get(spec)) is not None}
+    if m.general_scores:
+        out["generalScore"] = max(m.general_scores.values())
+    if m.baseline_general_scores:
+        out["baselineGeneralScore"] = max(m.baseline_general_scores.values())
+    if (step := m.get(names.EVAL_STEP)) is not None:
+        out["evalStep"] = int(step)
+    out["updatedAt"] = _iso(now)
+    return out
+
+
+def _merge_evaluations(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_step = {int(e["step"]): e for e in existing}
+    for e in new:
+        by_step.setdefault(int(e["step"]), e)  # the first record of a step wins: nothing recorded twice
+    return [by_step[s] for s in sorted(by_step)][-MAX_EVALUATIONS:]
+
+
+def _checkpoint_records(inputs: ControlInputs, existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+    """Existing records plus every complete checkpoint not yet recorded (read from its metrics.json)."""
+    assert inputs.store is not None
+    records = {int(r["step"]): dict(r) for r in existing}
+    baseline_domain: float | None = None
+    for entry in inputs.store.list_complete():
+        metrics = inputs.store.read_metrics(entry.step) or {}
+        baseline_domain = metrics.get("baseline_domain_perplexity", baseline_domain)
+        if entry.step in records and not records[entry.step].get("deleted"):
+            continue
+        scores = metrics.get("general_scores") or {}
+        records[entry.step] = {
+            "step": entry.step,
+            "uri": entry.uri,
+            **({"domainPerplexity": metrics["domain_perplexity"]} if metrics.get("domain_perplexity") is not None else {}),
+            **({"generalScore": max(scores.values())} if scores else {}),
+            **({"generalRegression": metrics["general_regression"]} if metrics.get("general_regression") is not None else {}),
+            "keptFor": [],
+            "deleted": False,
+        }
+    return [records[s] for s in sorted(records)], baseline_domain
+
+
+def control_step(inputs: ControlInputs) -> ControlOutcome:
+    """Decide one pass; see the module docstring."""
+    out = ControlOutcome()
+    status = inputs.status or {}
+    now_text = _iso(inputs.now)
+    conditions = list(status.get("conditions") or [])
+    gen = inputs.generation
+    m = inputs.metrics
+    stale = m is not None and m.newest_timestamp is not None and inputs.now - m.newest_timestamp > inputs.stale_after_seconds
+    if m is None or stale or not m.values:
+        reason = METRICS_STALE if stale else METRICS_UNAVAILABLE
+        message = inputs.metrics_error or ("the newest sample is older than the staleness limit" if stale else "no metrics for this run yet")
+        conditions = set_condition(
+            conditions, METRICS_AVAILABLE, False, reason, f"{message}; no checkpoint is deleted and no halt decided meanwhile", gen, now_text
+        )
+        out.status_patch = {"conditions": conditions}
+        return out
+    conditions = set_condition(conditions, METRICS_AVAILABLE, True, METRICS_FRESH, "metrics are fresh", gen, now_text)
+    patch: dict[str, Any] = {"progress": _progress(inputs.spec, m), "metrics": _metrics_status(m, inputs.now)}
+
+    evaluations = list(status.get("evaluations") or [])
+    eval_step = m.get(names.EVAL_STEP)
+    if eval_step is not None:
+        evaluations = _merge_evaluations(
+            evaluations,
+            [{"step": int(eval_step), "domainPerplexity": m.get(names.DOMAIN_PERPLEXITY), "generalRegression": m.get(names.GENERAL_REGRESSION)}],
+        )
+
+    records = list(status.get("checkpoints") or [])
+    baseline_domain = None
+    store_ok = inputs.store is not None
+    if inputs.store is not None:
+        try:
+            records, baseline_domain = _checkpoint_records(inputs, records)
+        except StorageError as exc:
+            store_ok = False
+            conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, STORAGE_UNAVAILABLE, f"{exc}; retrying", gen, now_text)
+    # Evaluations recorded with checkpoints fill gaps left by missed scrapes.
+    evaluations = _merge_evaluations(
+        evaluations,
+        [{"step": r["step"], "domainPerplexity": r.get("domainPerplexity"), "generalRegression": r.get("generalRegression")}
+         for r in records if r.get("generalRegression") is not None],
+    )  # fmt: skip
+    patch["evaluations"] = evaluations
+
+    threshold = inputs.spec.evaluation.forgetting_threshold
+    policy = retention_policy(inputs.policy)
+    live = [r for r in records if not r.get("deleted")]
+    ckpts = [
+        EvaluatedCheckpoint(int(r["step"]), r["uri"], r.get("domainPerplexity"), r.get("generalScore"), r.get("generalRegression"))
+        for r in live
+    ]
+    decision = select_checkpoints_to_keep(ckpts, policy, threshold, baseline_domain)
+    for r in records:
+        if not r.get("deleted"):
+            ck = next(c for c in ckpts if c.step == int(r["step"]))
+            r["keptFor"] = list(decision.keep.get(int(r["step"]), []))
+            score = composite_score(ck, baseline_domain, policy)
+            if score is not None:
+                r["compositeScore"] = round(score, 6)
+    if store_ok and inputs.store is not None:
+        failures = []
+        for step in decision.delete:
+            record = next(r for r in records if int(r["step"]) == step)
+            try:
+                inputs.store.delete(record["uri"])
+            except DeletionRefused as exc:
+                failures.append(str(exc))
+                out.events.append(("Warning", DELETION_REFUSED, truncate_message(str(exc))))
+                continue
+            except StorageError as exc:
+                failures.append(str(exc))
+                continue
+            record["deleted"] = True
+            record["keptFor"] = []
+            out.deleted.append(record["uri"])
+        if failures:
+            conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, STORAGE_UNAVAILABLE, "; ".join(failures)[:2000], gen, now_text)
+        else:
+            kept = len(decision.keep)
+            conditions = set_condition(conditions, CHECKPOINTS_ROTATED, True, ROTATED, f"{kept} checkpoint(s) kept by policy", gen, now_text)
+    patch["checkpoints"] = records
+    if decision.best is not None:
+        best = next(r for r in records if int(r["step"]) == decision.best)
+        patch["bestCheckpoint"] = {"step": decision.best, "uri": best["uri"], "metric": policy.best_metric,
+                                   **({"value": best["compositeScore"]} if "compositeScore" in best else {})}  # fmt: skip
+
+    forgetting = decide_forgetting(
+        [EvalPoint(int(e["step"]), e.get("generalRegression")) for e in evaluations], threshold, inputs.spec.evaluation.patience
+    )
+    already = any(c["type"] == FORGETTING and c["status"] == "True" for c in conditions)
+    message = forgetting.message(threshold, inputs.spec.evaluation.patience)
+    if forgetting.exceeded:
+        action = inputs.spec.evaluation.action
+        if decision.best is not None:
+            message += f"; best eligible checkpoint: step {decision.best}"
+        conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
+        patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": action}
+        if not already:
+            out.events.append(("Warning", THRESHOLD_EXCEEDED, truncate_message(message)))
+        if action == "Halt" and status.get("phase") != "Halted":
+            out.halt = True
+            patch["phase"] = "Halted"
+    elif not already:
+        conditions = set_condition(conditions, FORGETTING, False, WITHIN_THRESHOLD, message, gen, now_text)
+    patch["conditions"] = conditions
+    out.status_patch = patch
+    return out
