@@ -43,9 +43,17 @@ class S3Settings(_Strict):
 
 
 # --------------------------------------------------------------------------- curation
+#
+# Stage order (docs/curation.md): read -> normalize -> pii -> language -> length_filter
+# -> quality_filter -> exact_dedup -> near_dedup -> split/tokenize. The per-document stages
+# run on every worker over its slice; the two dedup stages and the quality decision run
+# in the reduce step over the whole corpus, so the result does not depend on `parallelism`.
 
 
 class NormalizeStage(_Strict):
+    """Unicode normalisation and whitespace clean-up (control characters dropped, runs of
+    blanks collapsed, at most one empty line in a row, lines right-stripped)."""
+
     enabled: bool = True
     form: Literal["NFC", "NFKC"] = Field("NFC", description="Unicode normalisation form.")
 
@@ -55,29 +63,75 @@ class LengthFilterStage(_Strict):
     min_tokens: int = Field(16, ge=0, description="Drop documents shorter than this many tokens.")
     max_tokens: int = Field(1_000_000, ge=1, description="Drop documents longer than this many tokens.")
 
+    @model_validator(mode="after")
+    def _range(self) -> "LengthFilterStage":
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
 
 class ExactDedupStage(_Strict):
+    """Drop documents whose content hash (BLAKE2b-128 of the cleaned text) was seen earlier."""
+
     enabled: bool = True
 
 
 class NearDedupStage(_Strict):
+    """MinHash-LSH near-duplicate removal; a document is dropped when it shares an LSH band
+    with an earlier *kept* document whose signature agrees on at least `threshold` of the
+    permutations (the estimated Jaccard similarity). The first occurrence is kept."""
+
     enabled: bool = True
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
     threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity above which a document is a near-duplicate.")
     ngram: int = Field(5, ge=1, le=32, description="Word n-gram size of the shingles.")
+    bands: int | None = Field(None, ge=2, le=1024, description="LSH bands; None: chosen by datasketch for the weights below.")
+    rows: int | None = Field(None, ge=1, le=1024, description="Rows (permutations) per band; set together with `bands`.")
+    false_positive_weight: float = Field(0.1, ge=0.0, le=1.0, description="LSH parameter choice: weight of false candidates.")
+    false_negative_weight: float = Field(0.9, ge=0.0, le=1.0, description="LSH parameter choice: weight of missed pairs.")
+    verify: bool = Field(True, description="Confirm band collisions with the signatures' estimated Jaccard >= threshold.")
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (datasketch's `seed`).")
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "NearDedupStage":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("bands and rows must be set together")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}")
+        return self
 
 
 class QualityFilterStage(_Strict):
     enabled: bool = False
     model_uri: str | None = Field(None, description="Small causal LM (local path or s3://) used to score perplexity.")
     max_perplexity: float = Field(1000.0, gt=1.0, description="Drop documents whose perplexity exceeds this.")
+    min_perplexity: float | None = Field(None, ge=1.0, description="Also drop documents below this (memorised boilerplate); None: off.")
     batch_size: int = Field(16, ge=1, le=1024)
     max_length: int = Field(512, ge=8, le=8192, description="Tokens of each document scored.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
+
+    @model_validator(mode="after")
+    def _model_needed(self) -> "QualityFilterStage":
+        if self.enabled and not self.model_uri:
+            raise ValueError("model_uri is required when the quality filter is enabled")
+        if self.min_perplexity is not None and self.min_perplexity >= self.max_perplexity:
+            raise ValueError("min_perplexity must be below max_perplexity")
+        return self
 
 
 class NationalIdPattern(_Strict):
     name: str = Field(description="Kind name used in counts and in the replacement text.")
     regex: str = Field(description="Python regular expression matching one ID.")
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "NationalIdPattern":
+        import re
+
+        try:
+            re.compile(self.regex)
+        except re.error as exc:
+            raise ValueError(f"regex of {self.name!r} does not compile: {exc}") from None
+        return self
 
 
 class PiiStage(_Strict):
@@ -105,6 +159,16 @@ class CurationStages(_Strict):
     language: LanguageStage = Field(default_factory=LanguageStage)
 
 
+class TokenizerAnalysisConfig(_Strict):
+    """Tokenizer efficiency on a content-hash-selected sample (the same sample at any parallelism)."""
+
+    enabled: bool = True
+    sample_fraction: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of documents measured.")
+    min_frequency: int = Field(5, ge=1, description="A word must occur this often in the sample to be proposed.")
+    min_pieces: int = Field(3, ge=2, description="A word split into at least this many tokens is fragmented.")
+    extension_size: int = Field(256, ge=0, le=65536, description="Longest proposed vocabulary extension.")
+
+
 class CorpusSourceConfig(_Strict):
     uri: str = Field(description="s3://bucket/prefix or an absolute local path (file or folder).")
     include: list[str] = Field(default_factory=lambda: ["**/*"], description="Glob patterns below the URI.")
@@ -118,14 +182,38 @@ class CurationConfig(_Strict):
     sources: list[CorpusSourceConfig] = Field(min_length=1)
     format: Literal["jsonl", "parquet", "text"] = "jsonl"
     text_field: str = "text"
+    text_unit: Literal["file", "paragraph", "line"] = Field(
+        "file", description="format text: what one document is (a whole file, a blank-line-separated block, a line)."
+    )
     stages: CurationStages = Field(default_factory=CurationStages)
     tokenizer_uri: str = Field(description="Tokenizer (local path or s3://) that tokenizes the kept documents.")
+    eos_token: str | None = Field(None, description="End-of-document token; None: the tokenizer's own eos_token.")
+    tokenizer_analysis: TokenizerAnalysisConfig = Field(default_factory=TokenizerAnalysisConfig)
     eval_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="Fraction of kept documents held out for evaluation.")
     shard_tokens: int = Field(50_000_000, ge=1024, description="Tokens per output shard.")
     output_uri: str = Field(description="Where shards, index and manifest are written.")
     parallelism: int = Field(1, ge=1, le=1024, description="Number of workers the corpus is sliced over.")
+    worker_index: int | None = Field(
+        None, ge=0, description="This worker's slice; None: $JOB_COMPLETION_INDEX (Indexed Job), else 0."
+    )
+    stage: Literal["all", "map", "reduce"] = Field(
+        "all",
+        description="all: map this worker's slice, then worker 0 waits for every slice and reduces; "
+        "map: only the slice; reduce: only the cross-slice dedup and the shards (all maps done).",
+    )
+    reduce_wait_seconds: float = Field(6 * 3600.0, gt=0.0, description="stage all: how long worker 0 waits for the other slices.")
+    keep_work: bool = Field(False, description="Keep the intermediate `_work/` folder (signatures, token spills) after success.")
+    termination_message_path: str = Field(
+        "/dev/termination-log", description="Where the small status JSON goes for the pod's termination message (if writable)."
+    )
     seed: int = 0
     s3: S3Settings = Field(default_factory=S3Settings)
+
+    @model_validator(mode="after")
+    def _worker(self) -> "CurationConfig":
+        if self.worker_index is not None and self.worker_index >= self.parallelism:
+            raise ValueError(f"worker_index {self.worker_index} must be below parallelism {self.parallelism}")
+        return self
 
 
 # --------------------------------------------------------------------------- training
@@ -181,7 +269,13 @@ class BatchConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    kind: Literal["deepspeed", "torch"] = "deepspeed"
+    kind: Literal["auto", "deepspeed", "torch"] = Field(
+        "auto",
+        description=(
+            "auto: the plain PyTorch path (DDP, torch.compile, fused AdamW) when the full training state "
+            "(16 bytes/parameter) fits in half of one GPU, else DeepSpeed at zero_stage; always torch on CPU."
+        ),
+    )
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
     offload_parameters: bool = False

@@ -1,0 +1,125 @@
+"""Fixtures for the trainer tests: a locally trained tokenizer, a tiny Llama, token corpora
+written in the curation shard format, a config factory and a moto S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from cpt_trainer.shipped_text import general_documents, legal_documents
+from cpt_trainer.tinymodel import build_tiny_llama, train_tokenizer
+from cpt_trainer.train.shards import write_corpus
+
+VOCAB = 512
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _small_threads():
+    import torch
+
+    torch.set_num_threads(1)  # the machine is shared: tests stay on one core each
+
+
+@pytest.fixture(scope="session")
+def texts() -> dict[str, list[str]]:
+    return {"general": general_documents()[:300], "legal": legal_documents(limit=300)}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, texts) -> Path:
+    """A tiny Llama (untied embeddings) with its tokenizer saved next to it."""
+    out = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = train_tokenizer(texts["general"] + texts["legal"], out, vocab_size=VOCAB)
+    build_tiny_llama(len(tokenizer), out, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                     max_position_embeddings=256)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def encode_documents(tokenizer, docs: list[str]) -> list[list[int]]:
+    return tokenizer(docs, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory, tokenizer, texts) -> dict[str, Path]:
+    """`legal` (domain) and `general` (replay) corpus folders: ~10 % of documents held out for eval."""
+    root = tmp_path_factory.mktemp("corpora")
+    out = {}
+    for name in ("legal", "general"):
+        docs = encode_documents(tokenizer, texts[name])
+        cut = len(docs) // 10
+        out[name] = write_corpus(root / name, {"train": docs[cut:], "eval": docs[:cut]}, len(tokenizer),
+                                 tokenizer.eos_token_id, shard_tokens=20_000)
+    return out
+
+
+@pytest.fixture
+def make_config(tmp_path, model_dir, corpora):
+    """Write a small TrainerConfig JSON; keyword overrides are merged into the named sections."""
+
+    def make(name: str = "config.json", **sections) -> Path:
+        cfg = {
+            "identity": {"namespace": "tenant-a", "name": "run-1"},
+            "model": {"uri": str(model_dir)},
+            "data": {
+                "corpora": [
+                    {"name": "legal", "role": "domain", "weight": 1.0, "uri": str(corpora["legal"])},
+                    {"name": "general", "role": "replay", "weight": 1.0, "uri": str(corpora["general"])},
+                ],
+                "alpha": 0.7,
+                "sequence_length": 64,
+                "seed": 7,
+            },
+            "optim": {"learning_rate": 3e-3, "min_learning_rate": 3e-4, "warmup_fraction": 0.1},
+            "batch": {"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 6},
+            "engine": {"kind": "torch", "device": "cpu", "compile": False, "precision": "fp32"},
+            "eval": {"interval": 3, "max_batches": 2},
+            "checkpoint": {"interval": 3, "uri": str(tmp_path / "checkpoints")},
+            "metrics": {"port": 0},
+        }
+        for section, values in sections.items():
+            if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+                cfg[section] = {**cfg[section], **values}
+            else:
+                cfg[section] = values
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server in this process on 127.0.0.1 (server mode: real HTTP through boto3)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

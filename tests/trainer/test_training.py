@@ -1,0 +1,160 @@
+"""The trainer end to end on CPU (in process): learning, evaluation, checkpoints, metrics, failures."""
+
+import json
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cpt_trainer import cli
+from cpt_trainer.contract import metrics as m
+from cpt_trainer.contract.config import TrainerConfig, load_config
+from cpt_trainer.train.main import prepare
+from cpt_trainer.train.shards import write_corpus
+
+
+def _run(path):
+    run = prepare(load_config(path, TrainerConfig))
+    return run
+
+
+def test_loss_decreases_on_a_learnable_corpus(make_config, tmp_path):
+    path = make_config(
+        optim={"learning_rate": 1e-2, "min_learning_rate": 1e-3, "warmup_fraction": 0.05, "schedule": "cosine"},
+        batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 40},
+        eval={"interval": 40, "max_batches": 2},
+        checkpoint={"interval": 40, "uri": str(tmp_path / "ck")},
+    )
+    run = _run(path)
+    try:
+        run.trainer.evaluate()
+        losses = [run.trainer.train_step().loss for _ in range(40)]
+        after = run.trainer.evaluate()
+    finally:
+        run.close()
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, (first, last)
+    assert after.domain_perplexity < run.trainer.baseline.domain_perplexity * 0.5
+    assert after.general["general"] < run.trainer.baseline.general["general"]
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def _value(samples, name, **labels):
+    key = (name, tuple(sorted({"namespace": "tenant-a", "run": "run-1", **labels}.items())))
+    return samples[key]
+
+
+def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_config):
+    run = _run(make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 6}))
+    trainer = run.trainer
+    try:
+        port = run.metrics.port
+        trainer.evaluate()
+        trainer.train_step()
+        trainer.save_checkpoint()
+        first = _scrape(port)
+        served = {name for name, _ in first}
+        for spec in m.TRAINER_METRICS:
+            assert spec.name in served, spec.name
+            labelled = [labels for name, labels in first if name == spec.name]
+            assert all(dict(lb)["namespace"] == "tenant-a" and dict(lb)["run"] == "run-1" for lb in labelled)
+        assert _value(first, "cpt_step") == 1
+        assert _value(first, "cpt_total_steps") == 6
+        assert _value(first, "cpt_tokens_seen_total") == 8 * 64
+        assert _value(first, "cpt_last_checkpoint_step") == 1
+        assert _value(first, "cpt_general_score", eval="general") == _value(first, "cpt_baseline_general_score", eval="general")
+        for _ in range(2):
+            trainer.train_step()
+        trainer.evaluate()
+        trainer.save_checkpoint()
+        second = _scrape(port)
+    finally:
+        run.close()
+    assert _value(second, "cpt_step") == 3
+    assert _value(second, "cpt_tokens_seen_total") == 3 * 8 * 64
+    assert _value(second, "cpt_eval_step") == 3
+    assert _value(second, "cpt_last_checkpoint_step") == 3
+    for name in ("cpt_train_loss", "cpt_learning_rate", "cpt_domain_perplexity", "cpt_general_regression_ratio"):
+        assert _value(second, name) != _value(first, name), name
+    assert _value(second, "cpt_general_score", eval="general") != _value(first, "cpt_general_score", eval="general")
+    assert _value(second, "cpt_tokens_per_second") > 0
+    assert _value(second, "cpt_mfu_ratio") == 0  # CPU: no known peak
+
+
+def test_a_full_run_writes_complete_checkpoints_with_their_metrics(make_config, tmp_path):
+    path = make_config()
+    assert cli.main(["train", "--config", str(path)]) == 0
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000003", "step-00000006"]
+    ck = root / "step-00000006"
+    for name in ("COMPLETE", "metrics.json", "optimizer.pt", "scheduler.json", "data_position.json",
+                 "trainer_state.json", "rng/rank-00000.pt", "model/config.json", "model/model.safetensors",
+                 "model/tokenizer.json"):
+        assert (ck / name).is_file(), name
+    metrics = json.loads((ck / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["eval_step"] == 6
+    assert metrics["tokens_seen"] == 6 * 8 * 64
+    assert set(metrics["general_scores"]) == {"general"}
+    assert metrics["general_regression"] == pytest.approx(
+        (metrics["general_scores"]["general"] - metrics["baseline_general_scores"]["general"])
+        / metrics["baseline_general_scores"]["general"]
+    )
+    assert json.loads((ck / "scheduler.json").read_text())["updates_done"] == 6
+    assert json.loads((ck / "data_position.json").read_text())["sequences"] == 6 * 8
+
+
+def test_retain_list_deletes_unlisted_checkpoints_but_never_the_newest(make_config, tmp_path):
+    retain = tmp_path / "retain.json"
+    retain.write_text(json.dumps({"keep": ["step-00000002"]}))
+    path = make_config(checkpoint={"interval": 2, "uri": str(tmp_path / "ck"), "retain_file": str(retain)})
+    assert cli.main(["train", "--config", str(path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-00000002", "step-00000006"]
+
+
+# ---------------------------------------------------------------- clear failures (exit 2, one line)
+
+
+def _fails(path, capsys, *needles):
+    assert cli.main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_config_names_the_field(make_config, capsys):
+    _fails(make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 0}), capsys,
+           "batch.total_steps", "greater than or equal to 1")
+
+
+def test_missing_model_path_is_clear(make_config, capsys, tmp_path):
+    _fails(make_config(model={"uri": str(tmp_path / "nope")}), capsys, "model path not found", "nope")
+
+
+def test_shards_of_another_vocabulary_are_refused(make_config, capsys, tmp_path):
+    other = write_corpus(tmp_path / "other", {"train": [[5] * 500], "eval": [[6] * 100]}, vocab_size=1000, eos_id=2)
+    corpora = [{"name": "other", "role": "domain", "weight": 1.0, "uri": str(other)}]
+    _fails(make_config(data={"corpora": corpora, "alpha": 1.0}), capsys, "corpus other", "vocab_size 1000", "512")
+
+
+def test_replay_needed_when_alpha_below_one(make_config, capsys, corpora):
+    only_domain = [{"name": "legal", "role": "domain", "weight": 1.0, "uri": str(corpora["legal"])}]
+    _fails(make_config(data={"corpora": only_domain, "alpha": 0.7}), capsys, "no corpus has role replay")
+
+
+def test_a_stop_request_ends_after_the_step_with_a_checkpoint(make_config, tmp_path):
+    run = _run(make_config())
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
+    finally:
+        run.close()
+    assert run.trainer.step == 1
+    assert (tmp_path / "checkpoints" / "step-00000001" / "COMPLETE").is_file()

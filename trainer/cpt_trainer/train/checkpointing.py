@@ -1,0 +1,188 @@
+"""The checkpoint manager: interval, atomic writes, resume, and the operator's retain list.
+
+A checkpoint is a folder `step-00000100/` holding `model/` (a loadable transformers folder
+with the tokenizer), the optimizer (`optimizer.pt`, or DeepSpeed's `engine/` shards),
+`scheduler.json`, `data_position.json`, `trainer_state.json`, `rng/rank-00000.pt` per
+rank, `metrics.json` (that step's evaluation) and `COMPLETE`, written last.
+
+Local storage (a PVC path): written as `.tmp-step-00000100/`, `COMPLETE` inside it, then
+renamed, so a `step-*` folder is whole or the leftover of an older crash (no `COMPLETE`):
+either way resume only trusts folders with `COMPLETE`. S3: written to a local staging
+folder, uploaded file by file (multipart), `COMPLETE` uploaded last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from cpt_trainer.contract.config import CheckpointConfig, S3Settings
+from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
+from cpt_trainer.train.distributed import DistEnv, barrier
+from cpt_trainer.train.s3_staging import S3Store, is_s3, join_s3
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{8})$")
+TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+class CheckpointManager:
+    """Callers ask `should_save(step)`, call `save(step, write, metrics)`, and on start `latest()` / `fetch(name)`."""
+
+    def __init__(self, cfg: CheckpointConfig, s3: S3Settings, cache_dir: Path, dist: DistEnv, total_steps: int):
+        self.cfg = cfg
+        self.dist = dist
+        self.total_steps = total_steps
+        self.remote = is_s3(cfg.uri)
+        self.store = S3Store(s3) if self.remote else None
+        self.root = cache_dir / "checkpoint-staging" if self.remote else Path(cfg.uri)
+        if dist.is_local_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_leftover_temporaries()
+        barrier()
+
+    def _remove_leftover_temporaries(self) -> None:
+        for path in self.root.glob(TMP_PREFIX + "*"):
+            logger.warning("removing the unfinished checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def should_save(self, step: int) -> bool:
+        return step > 0 and (step % self.cfg.interval == 0 or step == self.total_steps)
+
+    # ------------------------------------------------------------------ listing and resume
+
+    def complete_local(self) -> list[str]:
+        names = []
+        for path in self.root.iterdir():
+            if checkpoint_step(path.name) is None or not path.is_dir():
+                continue
+            if (path / CHECKPOINT_COMPLETE_MARKER).is_file():
+                names.append(path.name)
+            else:
+                logger.warning("ignoring incomplete checkpoint %s (no %s)", path, CHECKPOINT_COMPLETE_MARKER)
+        return sorted(names, key=checkpoint_step)
+
+    def complete_remote(self) -> list[str]:
+        assert self.store is not None
+        names = []
+        for name in self.store.list_folders(self.cfg.uri):
+            if checkpoint_step(name) is None:
+                continue
+            if self.store.exists(join_s3(self.cfg.uri, name, CHECKPOINT_COMPLETE_MARKER)):
+                names.append(name)
+            else:
+                logger.warning("ignoring incomplete checkpoint %s/%s (no %s)", self.cfg.uri, name, CHECKPOINT_COMPLETE_MARKER)
+        return sorted(names, key=checkpoint_step)
+
+    def latest(self) -> str | None:
+        """Name of the newest complete checkpoint, or None."""
+        names = self.complete_remote() if self.remote else self.complete_local()
+        return names[-1] if names else None
+
+    def fetch(self, name: str) -> Path:
+        """A local folder with checkpoint `name` (downloaded once per node from S3)."""
+        if not self.remote:
+            return self.root / name
+        local = self.root.parent / "resume" / name
+        if self.dist.is_local_main:
+            assert self.store is not None
+            shutil.rmtree(local, ignore_errors=True)
+            self.store.download_folder(join_s3(self.cfg.uri, name), local)
+        barrier()
+        return local
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> str:
+        """Write checkpoint `step`: `write(folder)` runs on every rank, then it is made complete."""
+        name = checkpoint_name(step)
+        tmp = self.root / (TMP_PREFIX + name)
+        if self.dist.is_local_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        write(tmp)
+        if self.dist.is_main:
+            _write_json(tmp / CHECKPOINT_METRICS_FILE, metrics)
+        barrier()
+        if self.remote:
+            self._upload(name, tmp)
+        else:
+            if self.dist.is_main:
+                _fsync_tree(tmp)
+                (tmp / CHECKPOINT_COMPLETE_MARKER).write_text(f"{step}\n", encoding="utf-8")
+                final = self.root / name
+                if final.exists():  # an older incomplete attempt at the same step
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+                self.apply_retain_list()
+        barrier()
+        logger.info("checkpoint %s complete", name)
+        return name
+
+    def _upload(self, name: str, tmp: Path) -> None:
+        assert self.store is not None
+        target = join_s3(self.cfg.uri, name)
+        if self.dist.is_main:
+            self.store.delete_folder(target)  # leftovers of an earlier incomplete upload
+        barrier()
+        if self.dist.is_local_main:  # each node uploads what its ranks wrote
+            self.store.upload_folder(tmp, target, skip=(CHECKPOINT_COMPLETE_MARKER,))
+        barrier()
+        if self.dist.is_main:
+            self.store.put_bytes(join_s3(target, CHECKPOINT_COMPLETE_MARKER), f"{int(name[5:])}\n".encode())
+        if self.dist.is_local_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def apply_retain_list(self) -> list[str]:
+        """Delete local checkpoints the operator's retain list does not name (never the newest complete)."""
+        if self.remote or not self.cfg.retain_file:
+            return []
+        path = Path(self.cfg.retain_file)
+        if not path.is_file():
+            return []
+        try:
+            keep = set(json.loads(path.read_text(encoding="utf-8"))["keep"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("retain list %s is unreadable (%s): deleting nothing", path, exc)
+            return []
+        complete = self.complete_local()
+        newest = complete[-1] if complete else None
+        deleted = []
+        for folder in sorted(self.root.iterdir()):
+            if checkpoint_step(folder.name) is None or folder.name in keep or folder.name == newest:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder.name)
+        if deleted:
+            logger.info("retain list: deleted %d checkpoints (%s)", len(deleted), ", ".join(deleted))
+        return deleted

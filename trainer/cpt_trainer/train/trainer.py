@@ -1,0 +1,279 @@
+"""The training loop, in named steps: `batch_generator`, `forward_backward_step`, `train_step`,
+`evaluate`, `save_checkpoint`, `train`; the resumable state is `state_dict()`.
+
+Global batch of step s = sequences [s*G, (s+1)*G) of the mixed stream; rank r trains on its
+contiguous G/W of them, in G/(W*micro) micro-batches. The stream's counters, the schedule's
+counter, the step and RNG states are all in the checkpoint, so a resumed run sees exactly
+the sequences an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpt_trainer.contract.config import TrainerConfig
+from cpt_trainer.train.checkpointing import CheckpointManager, _write_json
+from cpt_trainer.train.data_mixing import MixedSequenceStream
+from cpt_trainer.train.distributed import DistEnv, all_reduce_sum, any_rank
+from cpt_trainer.train.evaluation import EvalResult, Evaluator, general_regression
+from cpt_trainer.train.flops import mfu
+from cpt_trainer.train.lr_schedule import LRSchedule
+from cpt_trainer.train.metrics_exporter import TrainerMetrics
+
+logger = logging.getLogger(__name__)
+
+DATA_POSITION_FILE = "data_position.json"
+SCHEDULER_FILE = "scheduler.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+RNG_DIR = "rng"
+
+
+@dataclass
+class StepStats:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _eval_from_dict(data: dict | None) -> EvalResult | None:
+    if not data:
+        return None
+    return EvalResult(step=int(data["step"]), domain_perplexity=data.get("domain_perplexity"),
+                      general=dict(data.get("general", {})), higher_is_better=dict(data.get("higher_is_better", {})))
+
+
+def _eval_to_dict(result: EvalResult | None) -> dict | None:
+    if result is None:
+        return None
+    return {**result.to_dict(), "higher_is_better": dict(result.higher_is_better)}
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        engine,
+        tokenizer,
+        mix: MixedSequenceStream,
+        evaluator: Evaluator,
+        checkpoints: CheckpointManager,
+        metrics: TrainerMetrics,
+        dist: DistEnv,
+        device: torch.device,
+        flops_per_token: float,
+        peak_flops: float,
+    ):
+        self.cfg = cfg
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.mix = mix
+        self.evaluator = evaluator
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.dist = dist
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.total_steps = cfg.batch.total_steps
+        self.schedule = LRSchedule(cfg.optim, self.total_steps)
+        micro = cfg.batch.micro_batch_size
+        self.sequences_per_rank = cfg.batch.global_batch_size // dist.world_size
+        self.accumulation = self.sequences_per_rank // micro
+        self.tokens_per_step = cfg.batch.global_batch_size * cfg.data.sequence_length
+        self.step = 0
+        self.tokens_seen = 0
+        self.baseline: EvalResult | None = None
+        self.last_eval: EvalResult | None = None
+        self.last_stats: StepStats | None = None
+        self.last_checkpoint: str | None = None
+        self.extension_report: dict = {}  # tokenizer extension (chars/token before and after), when configured
+        metrics.set_total_steps(self.total_steps)
+
+    # ------------------------------------------------------------------ the step
+
+    def batch_generator(self) -> Iterator[torch.Tensor]:
+        """This rank's micro-batches of the next optimizer step (the stream advances by one global batch)."""
+        plan = self.mix.next_sequences(self.cfg.batch.global_batch_size, self.step)
+        mine = plan[self.dist.rank * self.sequences_per_rank : (self.dist.rank + 1) * self.sequences_per_rank]
+        tokens = torch.from_numpy(self.mix.read(mine))
+        if self.device.type == "cuda":
+            tokens = tokens.pin_memory()
+        micro = self.cfg.batch.micro_batch_size
+        for i in range(self.accumulation):
+            yield tokens[i * micro : (i + 1) * micro].to(self.device, non_blocking=True)
+
+    def forward_backward_step(self, input_ids: torch.Tensor, last_micro: bool) -> torch.Tensor:
+        return self.engine.forward_backward(input_ids, last_micro)
+
+    def train_step(self) -> StepStats:
+        """One optimizer update over one global batch."""
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for i, input_ids in enumerate(self.batch_generator()):
+            loss_sum += self.forward_backward_step(input_ids, last_micro=i == self.accumulation - 1).float()
+        lr = self.schedule.next_lr()
+        grad_norm = self.engine.optimizer_step(lr)
+        self.schedule.advance()
+        totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(self.accumulation), device=self.device)]))
+        loss = float(totals[0] / totals[1])  # one host sync per step
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        stats = StepStats(self.step, loss, lr, float(grad_norm), self.tokens_per_step, time.perf_counter() - start)
+        self.last_stats = stats
+        utilisation = mfu(stats.tokens_per_second, self.flops_per_token, self.peak_flops, self.dist.world_size)
+        self.metrics.record_step(self.step, loss, lr, stats.tokens_per_second, utilisation)
+        self.metrics.add_tokens(self.tokens_per_step)
+        if self.dist.is_main and (self.step == 1 or self.step % 10 == 0 or self.step == self.total_steps):
+            logger.info("step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f mfu %.3f",
+                        self.step, self.total_steps, loss, lr, stats.grad_norm, stats.tokens_per_second, utilisation)
+        return stats
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> EvalResult:
+        result = self.evaluator.evaluate(self.step, self.engine.eval_loss, self.engine.model, self.tokenizer)
+        if self.baseline is None:
+            self.baseline = result
+            logger.info("baseline (step %d): domain perplexity %s, general %s", self.step, result.domain_perplexity, result.general)
+        self.last_eval = result
+        regression = general_regression(result, self.baseline)
+        self.metrics.record_eval(self.step, result.domain_perplexity, result.general, self.baseline.general, regression)
+        if self.dist.is_main:
+            logger.info("eval step %d: domain perplexity %s, general %s, regression %s",
+                        self.step, result.domain_perplexity, result.general, regression)
+            if regression is not None and regression > self.cfg.eval.forgetting_threshold:
+                logger.warning("general regression %.4f exceeds the forgetting threshold %.4f",
+                               regression, self.cfg.eval.forgetting_threshold)
+        return result
+
+    def should_evaluate(self) -> bool:
+        # Every checkpoint carries its own evaluation, so checkpoint steps are evaluated too.
+        return self.step % self.cfg.eval.interval == 0 or self.checkpoints.should_save(self.step)
+
+    # ------------------------------------------------------------------ state and checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "sequence_length": self.cfg.data.sequence_length,
+            "global_batch_size": self.cfg.batch.global_batch_size,
+            "world_size": self.dist.world_size,
+            "engine": self.engine.kind,
+            "baseline": _eval_to_dict(self.baseline),
+            "last_eval": _eval_to_dict(self.last_eval),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("sequence_length", "global_batch_size"):
+            if state[key] != self.state_dict()[key]:
+                raise ValueError(f"checkpoint was written with {key} {state[key]}, this run has {self.state_dict()[key]}")
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.baseline = _eval_from_dict(state.get("baseline"))
+        self.last_eval = _eval_from_dict(state.get("last_eval"))
+
+    def checkpoint_metrics(self) -> dict:
+        """The checkpoint's own `metrics.json`: scores survive a lost scrape or an operator restart."""
+        stats = self.last_stats
+        evaluated = self.last_eval
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_loss": stats.loss if stats else None,
+            "learning_rate": stats.lr if stats else None,
+            "eval_step": evaluated.step if evaluated else None,
+            "domain_perplexity": evaluated.domain_perplexity if evaluated else None,
+            "general_scores": dict(evaluated.general) if evaluated else {},
+            "baseline_domain_perplexity": self.baseline.domain_perplexity if self.baseline else None,
+            "baseline_general_scores": dict(self.baseline.general) if self.baseline else {},
+            "general_regression": general_regression(evaluated, self.baseline) if evaluated else None,
+            "forgetting_threshold": self.cfg.eval.forgetting_threshold,
+            **({"tokenizer_extension": self.extension_report} if self.extension_report else {}),
+        }
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        self.engine.save(folder, self.tokenizer)
+        (folder / RNG_DIR).mkdir(exist_ok=True)
+        torch.save(_rng_state(), folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt")
+        if self.dist.is_main:
+            _write_json(folder / DATA_POSITION_FILE, self.mix.state_dict())
+            _write_json(folder / SCHEDULER_FILE, self.schedule.state_dict())
+            _write_json(folder / TRAINER_STATE_FILE, self.state_dict())
+
+    def save_checkpoint(self) -> None:
+        try:
+            self.last_checkpoint = self.checkpoints.save(self.step, self._write_checkpoint, self.checkpoint_metrics())
+            self.metrics.record_checkpoint(self.step)
+        except Exception:  # a failed upload must not end the run; the operator alerts on the counter
+            logger.exception("checkpoint at step %d failed", self.step)
+            self.metrics.count_checkpoint_failure()
+
+    def resume(self, name: str) -> None:
+        import json
+
+        folder = self.checkpoints.fetch(name)
+        self.engine.load(folder)
+        self.mix.load_state_dict(json.loads((folder / DATA_POSITION_FILE).read_text()))
+        self.schedule.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
+        self.load_state_dict(json.loads((folder / TRAINER_STATE_FILE).read_text()))
+        rng_file = folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        self.last_checkpoint = name
+        self.metrics.record_checkpoint(self.step)
+        self.metrics.add_tokens(self.tokens_seen)
+        if self.baseline is not None:
+            last = self.last_eval or self.baseline
+            self.metrics.record_eval(last.step, last.domain_perplexity, last.general, self.baseline.general,
+                                     general_regression(last, self.baseline))
+        logger.info("resuming from checkpoint %s (step %d, %d tokens seen)", name, self.step, self.tokens_seen)
+
+    # ------------------------------------------------------------------ the run
+
+    def train(self, stop_requested: Callable[[], bool] = lambda: False) -> str:
+        """Run to `total_steps` (or a stop request); returns why it ended: "completed" or "stopped"."""
+        if self.baseline is None:
+            self.evaluate()  # before the first update
+        while self.step < self.total_steps:
+            self.train_step()
+            if self.should_evaluate():
+                self.evaluate()
+            if self.checkpoints.should_save(self.step):
+                self.save_checkpoint()
+            if any_rank(stop_requested(), self.device):
+                if self.last_checkpoint != f"step-{self.step:08d}":
+                    self.save_checkpoint()
+                logger.info("stopped at step %d on request", self.step)
+                return "stopped"
+        return "completed"
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
