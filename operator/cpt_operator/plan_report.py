@@ -35,14 +35,25 @@ class RunPlan:
     memory: MemoryFit | None
     objects: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    zero_stage: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes}
+        out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes,
+                               "zero_stage": self.zero_stage}  # fmt: skip
         out["compute"] = dataclasses.asdict(self.compute) if self.compute else None
         if self.memory:
             out["memory"] = {**dataclasses.asdict(self.memory), "total": self.memory.total, "fits": self.memory.fits}
         out["objects"] = self.objects
         return out
+
+
+def effective_zero_stage(spec: CPTRunSpec, parameters: int, gpu_memory_gib: float) -> int:
+    """The ZeRO stage the trainer will use: its `auto` rule takes plain PyTorch (stage 0) when the
+    16 bytes/parameter training state fits in half of one GPU."""
+    mode = spec.deepspeed.mode
+    if mode == "never" or (mode == "auto" and 16 * parameters <= 0.5 * gpu_memory_gib * 2**30):
+        return 0
+    return spec.deepspeed.zero_stage
 
 
 def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
@@ -110,19 +121,20 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
         shape = model_shape(spec)
         notes = []
         compute = memory = None
+        zero = None
         if shape is None:
             notes.append("no compute or memory estimate: set spec.baseModel.parameters (or use a local model with config.json)")
         else:
             compute = estimate_compute(
                 shape.parameters, spec.training.total_tokens, gpus, settings.achieved_tflops_per_gpu, settings.price_per_gpu_hour
             )
-            zero = spec.deepspeed.zero_stage if spec.deepspeed.enabled else 0
+            zero = effective_zero_stage(spec, shape.parameters, pool.gpu_memory_gib)
             memory = estimate_memory(
                 shape, gpus, zero, spec.deepspeed.offload_optimizer, spec.deepspeed.offload_parameters,
                 spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
                 spec.training.precision, pool.gpu_memory_gib,
             )  # fmt: skip
-        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, by_key, settings), notes))
+        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, by_key, settings), notes, zero))
     return plans
 
 
@@ -151,10 +163,10 @@ def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
         ]
     if plan.memory:
         m = plan.memory
-        zero = spec.deepspeed.zero_stage if spec.deepspeed.enabled else 0
+        engine = "plain PyTorch" if plan.zero_stage == 0 and spec.deepspeed.mode != "always" else f"DeepSpeed ZeRO-{plan.zero_stage}"
         verdict = "fits" if m.fits else "DOES NOT FIT"
         lines += [
-            f"  memory/GPU    ZeRO-{zero}: weights {_gib(m.weights)}, gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer)}, "
+            f"  memory/GPU    {engine}: weights {_gib(m.weights)}, gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer)}, "
             f"activations {_gib(m.activations)}, overhead {_gib(m.overhead)}",
             f"                total {_gib(m.total)} of {_gib(m.gpu_memory_bytes)}: {verdict}",
         ]

@@ -104,7 +104,11 @@ class TrainingSpec(APIModel):
 class DeepSpeedSpec(APIModel):
     """DeepSpeed settings."""
 
-    enabled: bool = Field(True, description="Train with DeepSpeed; false uses plain PyTorch DDP.")
+    mode: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="auto: plain PyTorch (DDP, torch.compile) when the whole training state fits in half a GPU, "
+        "else DeepSpeed at zeroStage; always: DeepSpeed; never: plain PyTorch.",
+    )
     zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters.")
     offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 1-3).")
     offload_parameters: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")

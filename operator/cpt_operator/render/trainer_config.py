@@ -111,7 +111,7 @@ def render_trainer_config(
             micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size, total_steps=total_steps(spec)
         ),
         engine=EngineConfig(
-            kind="deepspeed" if spec.deepspeed.enabled else "torch",
+            kind={"auto": "auto", "always": "deepspeed", "never": "torch"}[spec.deepspeed.mode],
             zero_stage=spec.deepspeed.zero_stage,
             offload_optimizer=spec.deepspeed.offload_optimizer,
             offload_parameters=spec.deepspeed.offload_parameters,
