@@ -35,7 +35,7 @@ services:
 	  else echo "prometheus is not installed: sudo apt-get install -y prometheus (tests that need it will fail)"; fi; }
 
 demo: install
-	$(BIN)/cpt plan examples/legal-cpt
+	$(BIN)/cpt run-local examples/local
 
 test: install-test services
 	$(BIN)/python -m pytest

@@ -1,6 +1,8 @@
 """`cpt`: the tenant's command line.
 
     cpt plan FILES...        validate resources together and print the plan
+    cpt run-local DIR        run DIR's manifests end to end on this machine (local mode)
+    cpt report RUN_DIR       regenerate a local run's report
 
 Exit codes: 0 fine; 1 the plan does not work (e.g. the run does not fit in GPU memory);
 2 bad input (unreadable files, malformed YAML, invalid resources, unresolved
@@ -58,6 +60,48 @@ def _plan(args: argparse.Namespace) -> int:
     return 1 if misfits else 0
 
 
+def _run_local(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import signal
+
+    from cpt_operator.local.runner import LocalRunError, LocalRunner
+
+    def stop(signum, _frame):  # SIGTERM stops as cleanly as Ctrl-C: the trainer checkpoints first
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        states = LocalRunner(Path(args.dir), Path(args.workdir), poll_seconds=args.poll).run()
+    except (ManifestError, LocalRunError) as exc:
+        print(f"cpt run-local: {exc}", file=sys.stderr)
+        return 2
+    except InvalidResource as exc:
+        for err in exc.errors:
+            print(f"cpt run-local: {exc.kind} {exc.name!r}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cpt run-local: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    for state in states:
+        status = state.get("status", {})
+        print(f"{state['run']['namespace']}/{state['run']['name']}: {status.get('phase')}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cpt_operator.local.report import write_report
+
+    try:
+        paths = write_report(args.run_dir)
+    except FileNotFoundError as exc:
+        print(f"cpt report: {exc}", file=sys.stderr)
+        return 2
+    for path in paths.values():
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpt", description="cpt-operator's command line for tenants.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--output", choices=("text", "json"), default="text", help="output format")
     plan.add_argument("--no-objects", action="store_true", help="do not print the objects the operator would create")
     plan.set_defaults(func=_plan)
+    local = sub.add_parser("run-local", help="run a folder of manifests end to end on this machine (no cluster)")
+    local.add_argument("dir", help="folder of Corpus/CheckpointPolicy/CPTRun manifests (e.g. examples/local)")
+    local.add_argument("--workdir", default=".cpt-local", help="where volumes, runs and caches live (default: .cpt-local)")
+    local.add_argument("--poll", type=float, default=1.0, help="seconds between control-loop passes (default: 1)")
+    local.set_defaults(func=_run_local)
+    report = sub.add_parser("report", help="regenerate a local run's report (report.md, report.png, report.json)")
+    report.add_argument("run_dir", help="a run folder of `cpt run-local` (WORKDIR/runs/NAMESPACE/RUN)")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -172,3 +172,22 @@ def test_storage_errors_keep_the_set_intact_and_are_retried(tmp_path, legal):
     store.fail = False
     out = control_step(inputs(spec, policy, out.status_patch, metrics(3000, 0.01, now), store, now))
     assert {c.step for c in store.list_complete()} == {500, 1000, 2500, 3000} and len(out.deleted) == 2
+
+
+def test_resuming_a_halted_run_is_an_explicit_tenant_action(tmp_path, legal):
+    spec, policy = legal
+    store = LocalCheckpointStore(tmp_path)
+    now = time.time()
+    status: dict = {"phase": "Running"}
+    for i, regression in enumerate([0.05, 0.06, 0.07], start=1):
+        write_ckpt(tmp_path, i * 500, 25.0 - i, regression)
+        status.update(copy.deepcopy(control_step(inputs(spec, policy, status, metrics(i * 500, regression, now), store, now)).status_patch))
+    assert status["phase"] == "Halted" and status["halt"]["step"] == 1500
+    # Without the tenant's annotation the run stays halted, whatever comes next.
+    again = control_step(inputs(spec, policy, copy.deepcopy(status), metrics(1500, 0.07, now), store, now))
+    assert not again.resumed and again.status_patch.get("phase", "Halted") == "Halted"
+    resumed_inputs = inputs(spec, policy, copy.deepcopy(status), metrics(1500, 0.07, now), store, now)
+    resumed_inputs.resume_after_step = 1500
+    out = control_step(resumed_inputs)
+    assert out.resumed and out.status_patch["phase"] == "Running"
+    assert cond(out.status_patch, FORGETTING)["reason"] == "ResumedByTenant"

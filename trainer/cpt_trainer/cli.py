@@ -1,4 +1,4 @@
-"""`cpt-trainer`: the trainer image's entry point (`train`, `curate`).
+"""`cpt-trainer`: the trainer image's entry point (`train`, `curate`, `init-model`).
 
 Subcommands import their heavy modules lazily so `--help` and config errors are fast.
 Exit codes: 0 success, 2 invalid config or input (clear message, no traceback),
@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="path of the TrainerConfig JSON file")
     curate = sub.add_parser("curate", help="curate a corpus from a CurationConfig JSON file")
     curate.add_argument("--config", required=True, help="path of the CurationConfig JSON file")
+    from cpt_trainer.init_model import add_arguments
+
+    add_arguments(sub.add_parser("init-model", help="train a tokenizer on local text and build a random tiny Llama"))
     return parser
 
 
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             from cpt_trainer.train.main import run_train
 
             return run_train(args.config)
+        if args.command == "init-model":
+            from cpt_trainer.init_model import run_init_model
+
+            return run_init_model(args)
         from cpt_trainer.curate.main import run_curate
 
         return run_curate(args.config)

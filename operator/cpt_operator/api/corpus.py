@@ -132,6 +132,9 @@ class CorpusSpec(APIModel):
     sources: list[CorpusSource] = Field(min_length=1, max_length=64, description="Input locations.")
     format: Literal["jsonl", "parquet", "text"] = Field("jsonl", description="Format of the input files.")
     text_field: str = Field("text", min_length=1, max_length=128, description="Field holding the text (jsonl, parquet).")
+    text_unit: Literal["file", "paragraph", "line"] = Field(
+        "file", description="format text: what one document is: a whole file, a blank-line-separated paragraph, or a line."
+    )
     tokenizer: Location = Field(description="Tokenizer folder (the base model's), loadable by transformers.")
     curation: CurationSpec = Field(default_factory=CurationSpec, description="Curation stages.")
     eval_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="Fraction of kept documents held out for evaluation.")

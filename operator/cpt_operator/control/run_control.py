@@ -50,6 +50,9 @@ METRICS_FRESH = "MetricsFresh"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 METRICS_STALE = "MetricsStale"
 WITHIN_THRESHOLD = "WithinThreshold"
+RESUMED = "ResumedByTenant"
+RESUME_ANNOTATION = "cpt.dev/resume-after-step"
+"""Set to the halted step (status.halt.step) to resume a run the forgetting monitor halted."""
 THRESHOLD_EXCEEDED = "ForgettingThresholdExceeded"
 ROTATED = "Rotated"
 STORAGE_UNAVAILABLE = "StorageUnavailable"
@@ -71,6 +74,9 @@ class ControlInputs:
     store: CheckpointStore | None
     now: float
     stale_after_seconds: float = 300.0
+    # The tenant's explicit resume of a halted run: the `cpt.dev/resume-after-step` annotation.
+    # Evaluations at or before that step no longer count towards forgetting.
+    resume_after_step: int | None = None
 
 
 @dataclass
@@ -78,6 +84,7 @@ class ControlOutcome:
     status_patch: dict[str, Any] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     halt: bool = False
+    resumed: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
@@ -252,10 +259,21 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         patch["bestCheckpoint"] = {"step": decision.best, "uri": best["uri"], "metric": policy.best_metric,
                                    **({"value": best["compositeScore"]} if "compositeScore" in best else {})}  # fmt: skip
 
+    resume_after = inputs.resume_after_step
+    counted = [e for e in evaluations if resume_after is None or int(e["step"]) > resume_after]
     forgetting = decide_forgetting(
-        [EvalPoint(int(e["step"]), e.get("generalRegression")) for e in evaluations], threshold, inputs.spec.evaluation.patience
+        [EvalPoint(int(e["step"]), e.get("generalRegression")) for e in counted], threshold, inputs.spec.evaluation.patience
     )
     already = any(c["type"] == FORGETTING and c["status"] == "True" for c in conditions)
+    halt_step = (status.get("halt") or {}).get("step")
+    if already and resume_after is not None and halt_step is not None and resume_after >= int(halt_step) and not forgetting.exceeded:
+        # The tenant resumed explicitly: clear the halt; the monitor watches the evaluations after it.
+        conditions = set_condition(conditions, FORGETTING, False, RESUMED, f"resumed by the tenant after step {resume_after}", gen, now_text)
+        already = False
+        patch["halt"] = None
+        if status.get("phase") == "Halted":
+            patch["phase"] = "Running"
+            out.resumed = True
     message = forgetting.message(threshold, inputs.spec.evaluation.patience)
     if forgetting.exceeded:
         action = inputs.spec.evaluation.action
@@ -268,7 +286,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         if action == "Halt" and status.get("phase") != "Halted":
             out.halt = True
             patch["phase"] = "Halted"
-    elif not already:
+    elif not already and not out.resumed:
         conditions = set_condition(conditions, FORGETTING, False, WITHIN_THRESHOLD, message, gen, now_text)
     patch["conditions"] = conditions
     out.status_patch = patch

@@ -173,6 +173,7 @@ def render_curation_config(namespace: str, name: str, spec: CorpusSpec, uid: str
         sources=[CorpusSourceConfig(uri=location_uri(s.location, pvc_root), include=list(s.include)) for s in spec.sources],
         format=spec.format,
         text_field=spec.text_field,
+        text_unit=spec.text_unit,
         stages=stages,
         tokenizer_uri=location_uri(spec.tokenizer, pvc_root),
         eval_fraction=spec.eval_fraction,
