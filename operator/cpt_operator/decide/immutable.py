@@ -50,12 +50,21 @@ def immutable_values(spec: dict[str, Any]) -> dict[str, Any]:
     return {path: _resolve(spec, path) for path in IMMUTABLE_RUN_FIELDS}
 
 
+def _h(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()[:8]
+
+
 def immutable_digest(spec: dict[str, Any]) -> str:
-    """A short digest of the immutable fields (stored on the PyTorchJob)."""
-    text = json.dumps(immutable_values(spec), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """Per-field digests of the immutable fields, `field=digest;...` (stored on the PyTorchJob;
+    a few hundred bytes, and a changed field can be named)."""
+    return ";".join(f"{path}={_h(value)}" for path, value in immutable_values(spec).items())
 
 
-def changed_immutable_fields(stored_values_digest: str | None, spec: dict[str, Any]) -> bool:
-    """True when a job was created from a different set of immutable values."""
-    return stored_values_digest is not None and stored_values_digest != immutable_digest(spec)
+def changed_immutable_fields(stored: str | None, spec: dict[str, Any]) -> list[str]:
+    """The immutable fields whose value differs from what the job was created from ([] if none
+    or nothing is stored). A field missing from the stored digest is not reported."""
+    if not stored:
+        return []
+    old = dict(item.split("=", 1) for item in stored.split(";") if "=" in item)
+    new = dict(item.split("=", 1) for item in immutable_digest(spec).split(";"))
+    return [path for path in IMMUTABLE_RUN_FIELDS if path in old and old[path] != new.get(path)]

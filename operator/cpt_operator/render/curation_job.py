@@ -70,7 +70,7 @@ def render_curation_job(
             "parallelism": spec.parallelism,
             "backoffLimit": settings.backoff_limit,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(labels)},
                 "spec": {
                     # The tenant namespace's own ServiceAccount (its IRSA/workload identity, if any);
                     # curation never talks to the Kubernetes API.

@@ -1,0 +1,65 @@
+"""Helpers shared by the run and corpus reconcilers: the Secret check, ensure-object, status diff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from cpt_operator import conditions as c
+from cpt_operator import kube
+from cpt_operator.api.common import SecretReference
+from cpt_operator.decide.checks import Refusal
+from cpt_operator.decide.dependencies import backoff_delay
+from cpt_operator.handlers.context import OperatorContext
+
+
+async def check_secret(ctx: OperatorContext, namespace: str, ref: SecretReference | None) -> Refusal | None:
+    """None when the Secret exists in `namespace` with both keys. Only key names are looked at;
+    values are never logged, copied or stored."""
+    if ref is None:
+        return None
+    secret = await ctx.kube.get(kube.SECRETS, namespace, ref.name)
+    if secret is None:
+        return Refusal(c.SECRET_NOT_FOUND, f"Secret {ref.name!r} does not exist in namespace {namespace!r}; create it with keys {ref.access_key_id_key} and {ref.secret_access_key_key}")  # noqa: E501
+    keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
+    missing = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in keys]
+    if missing:
+        return Refusal(c.SECRET_KEY_MISSING, f"Secret {ref.name!r} has no key {', '.join(missing)}")
+    return None
+
+
+def secret_retry(ctx: OperatorContext, refusal: Refusal, retry: int) -> kopf.TemporaryError:
+    """Re-check a missing Secret later (bounded, doubling delay), the condition says why meanwhile."""
+    delay = backoff_delay(retry, ctx.tuning.secret_retry_base, ctx.tuning.secret_retry_cap)
+    return kopf.TemporaryError(f"{refusal.message} (re-checked in {delay:.0f} s)", delay=delay)
+
+
+async def ensure_object(ctx: OperatorContext, res: kube.Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create `body`, or return the existing object of that name (idempotent; a restart or a
+    duplicate event never makes a second one). Returns (object, created)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        return await ctx.kube.create(res, namespace, body), True
+    except kube.Conflict:
+        existing = await ctx.kube.get(res, namespace, name)
+        if existing is None:  # deleted in between: the next event retries
+            raise kopf.TemporaryError(f"{res.plural} {name} vanished while being created", delay=2) from None
+        return existing, False
+
+
+def write_status(patch: Any, current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Put only the changed status fields into Kopf's patch; True when anything changed."""
+    changed = False
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch.status[key] = value
+            changed = True
+    return changed
+
+
+def conditions_with(current: list[dict[str, Any]], updates: list[tuple[str, Any, str, str]], generation: int | None, now: str) -> list[dict[str, Any]]:  # noqa: E501
+    out = [dict(x) for x in current]
+    for type_, status, reason, message in updates:
+        out = c.set_condition(out, type_, status, reason, message, generation, now)
+    return out

@@ -1,0 +1,43 @@
+"""The one list of API permissions the operator needs (least privilege).
+
+The Helm chart renders its ClusterRole (or per-namespace Roles) from `RULES`, and a test
+checks that every request the operator makes against the emulated API server, Kopf's
+own included, is covered. Secrets: `get` only, to check that a referenced Secret and
+its keys exist; their values are never copied (pods read them via secretKeyRef).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Rule(NamedTuple):
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+
+RULES: tuple[Rule, ...] = (
+    # Our kinds: watched by Kopf; patched for Kopf's annotations, finalizer and touches.
+    Rule(("cpt.dev",), ("cptruns", "corpora", "checkpointpolicies"), ("get", "list", "watch", "patch")),
+    Rule(("cpt.dev",), ("cptruns/status", "corpora/status"), ("get", "patch")),
+    # ownerReferences with blockOwnerDeletion need update on the owner's finalizers.
+    Rule(("cpt.dev",), ("cptruns/finalizers", "corpora/finalizers"), ("update",)),
+    # Children.
+    Rule(("kubeflow.org",), ("pytorchjobs",), ("get", "list", "watch", "create", "patch", "delete")),
+    Rule(("batch",), ("jobs",), ("get", "list", "watch", "create")),
+    Rule(("",), ("configmaps",), ("get", "create", "patch")),
+    # Curation reports: the termination message of a finished curation pod.
+    Rule(("",), ("pods",), ("list",)),
+    Rule(("",), ("secrets",), ("get",)),
+    # Kopf: Events on tenants' objects, CRD and namespace discovery, peering of replicas.
+    Rule(("",), ("events",), ("create",)),
+    Rule(("",), ("namespaces",), ("list", "watch")),
+    Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch")),
+    Rule(("kopf.dev",), ("clusterkopfpeerings", "kopfpeerings"), ("get", "list", "watch", "patch")),
+)
+
+
+def allows(group: str, resource: str, verb: str) -> bool:
+    """Whether RULES grant `verb` on `resource` (`plural` or `plural/subresource`) of `group`."""
+    return any(group in r.api_groups and resource in r.resources and verb in r.verbs for r in RULES)

@@ -1,0 +1,147 @@
+"""Renderers: golden files of the examples, Kubeflow v1 field names, pod security, secrets.
+
+Regenerate the golden files with:  CPT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/operator/test_render.py
+(then review the diff by hand: they are what `cpt plan` prints and what the operator creates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cpt_operator.api.resources import load_manifests
+from cpt_operator.render import PlanError, render_all
+from cpt_operator.settings import NodePool, OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = ["legal-cpt", "minimal"]
+
+# kubeflow.org/v1 PyTorchJob (training-operator pkg/apis/kubeflow.org/v1: PyTorchJobSpec,
+# RunPolicy, ReplicaSpec), checked by hand against the API reference once.
+PYTORCHJOB_SPEC_FIELDS = {"runPolicy", "elasticPolicy", "pytorchReplicaSpecs", "nprocPerNode"}
+RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit", "schedulingPolicy",
+                     "suspend", "managedBy"}  # fmt: skip
+REPLICA_SPEC_FIELDS = {"replicas", "template", "restartPolicy"}
+REPLICA_TYPES = {"Master", "Worker"}
+CLEAN_POD_POLICIES = {"All", "Running", "None"}
+RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
+
+
+class _GoldenDumper(yaml.SafeDumper):
+    """Readable golden files: multi-line strings (the configs) as literal blocks, no aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+_GoldenDumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
+
+
+def settings() -> OperatorSettings:
+    return OperatorSettings()
+
+
+def rendered(example: str) -> list[dict]:
+    return render_all(load_manifests([ROOT / "examples" / example]), settings())
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_golden(example: str) -> None:
+    text = yaml.dump_all(rendered(example), Dumper=_GoldenDumper, sort_keys=False, width=120)
+    path = GOLDEN / f"{example}.yaml"
+    if os.environ.get("CPT_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with CPT_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs; regenerate with CPT_UPDATE_GOLDEN=1 and review the diff"
+
+
+def _by_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_pytorchjob_uses_kubeflow_v1_fields(example: str) -> None:
+    for pj in _by_kind(rendered(example), "PyTorchJob"):
+        assert pj["apiVersion"] == "kubeflow.org/v1"
+        assert set(pj["spec"]) <= PYTORCHJOB_SPEC_FIELDS
+        assert isinstance(pj["spec"]["nprocPerNode"], str)
+        assert set(pj["spec"]["runPolicy"]) <= RUN_POLICY_FIELDS
+        assert pj["spec"]["runPolicy"]["cleanPodPolicy"] in CLEAN_POD_POLICIES
+        assert set(pj["spec"]["pytorchReplicaSpecs"]) <= REPLICA_TYPES
+        for replica in pj["spec"]["pytorchReplicaSpecs"].values():
+            assert set(replica) <= REPLICA_SPEC_FIELDS and replica["restartPolicy"] in RESTART_POLICIES
+            assert replica["template"]["spec"]["containers"][0]["name"] == "pytorch"
+
+
+def test_legal_pytorchjob_shape() -> None:
+    objs = rendered("legal-cpt")
+    pj = _by_kind(objs, "PyTorchJob")[0]
+    replicas = pj["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1  # 2 nodes
+    assert pj["spec"]["nprocPerNode"] == "8"
+    assert pj["spec"]["runPolicy"] == {"backoffLimit": 3, "cleanPodPolicy": "Running", "suspend": True}
+    assert pj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "legal-team-queue"
+    pod = replicas["Worker"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8" and c["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    assert pod["priorityClassName"] == "training-high"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in c["ports"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                                    "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts["/tmp"] == "tmp" and mounts["/etc/cpt"] == "config" and "/dev/shm" in mounts
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "legal-team-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_minimal_single_node_mounts_pvc_and_has_no_worker() -> None:
+    objs = rendered("minimal")
+    pj = _by_kind(objs, "PyTorchJob")[0]
+    assert set(pj["spec"]["pytorchReplicaSpecs"]) == {"Master"}
+    assert pj["spec"]["runPolicy"]["suspend"] is False
+    c = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert {"name": "pvc-0", "mountPath": "/mnt/cpt/pvc/team-data"} in c["volumeMounts"]
+    assert not [e for e in c["env"] if e["name"].startswith("AWS_")]
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "docs-cpt-trainer-config")
+    config = json.loads(cm["data"]["trainer.json"])
+    assert config["checkpoint"]["uri"].startswith("/mnt/cpt/pvc/team-data/checkpoints/")
+
+
+def test_curation_job_is_indexed_with_parallelism() -> None:
+    objs = rendered("legal-cpt")
+    jobs = {j["metadata"]["name"]: j for j in _by_kind(objs, "Job")}
+    job = jobs["legal-contracts-curate"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == 8
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["serviceAccountName"] == "default" and pod["restartPolicy"] == "Never"
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+    assert c["terminationMessagePolicy"] == "File" and c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["command"][:2] == ["cpt-trainer", "curate"]
+
+
+def test_no_secret_material_in_configmaps() -> None:
+    for example in EXAMPLES:
+        for cm in [o for o in rendered(example) if o["kind"] == "ConfigMap"]:
+            text = json.dumps(cm)
+            assert "secretAccessKey" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+
+
+def test_plan_errors_name_the_problem() -> None:
+    resources = load_manifests([ROOT / "examples" / "legal-cpt"])
+    without_policy = [r for r in resources if r.kind != "CheckpointPolicy"]
+    with pytest.raises(PlanError, match="legal-keep-best"):
+        render_all(without_policy, settings())
+    with pytest.raises(PlanError, match="node pool"):
+        render_all(resources, OperatorSettings(node_pools=[NodePool(name="other")]))
