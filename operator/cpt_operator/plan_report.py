@@ -14,7 +14,7 @@ from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.api.references import reference_problems
 from cpt_operator.api.resources import Resource
 from cpt_operator.plan import ComputeEstimate, MemoryFit, ModelShape, estimate_compute, estimate_memory, model_shape
-from cpt_operator.render.trainer_config import render_curation_config, render_trainer_config, total_steps
+from cpt_operator.render.trainer_config import total_steps
 from cpt_operator.settings import OperatorSettings
 
 
@@ -77,30 +77,23 @@ def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
     return problems
 
 
-def _objects(run: Resource, by_key: dict[tuple[str, str, str], Resource], settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The objects the operator would create: the full set once the operator renders them,
-    else the rendered trainer and curation configs."""
-    try:
-        from cpt_operator.render.objects import render_run_objects  # the operator's renderer
-    except ImportError:
-        render_run_objects = None
+def _objects(run: Resource, resources: list[Resource], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The exact objects the operator would create for this run: its corpora's curation
+    ConfigMaps and Jobs, then its trainer ConfigMap and PyTorchJob."""
+    from cpt_operator.render import render_all
+    from cpt_operator.render.names import LABEL_CORPUS, LABEL_RUN
+
     spec: CPTRunSpec = run.spec  # type: ignore[assignment]
-    corpora = {c.name: by_key[("Corpus", run.namespace, c.name)] for c in spec.corpora}
-    for g in spec.evaluation.general_evals:
-        if g.corpus:
-            corpora[g.corpus] = by_key[("Corpus", run.namespace, g.corpus)]
-    policy = by_key[("CheckpointPolicy", run.namespace, spec.checkpoint_policy_ref.name)]
-    if render_run_objects is not None:
-        return render_run_objects(run, corpora, policy, settings)
-    config = render_trainer_config(
-        run.namespace, run.name, spec, {n: c.spec for n, c in corpora.items()}, policy.spec,  # type: ignore[misc]
-        pvc_root=settings.pvc_mount_root,
-    )  # fmt: skip
-    out: list[dict[str, Any]] = [{"trainerConfig": config.model_dump(mode="json")}]
-    for name, corpus in corpora.items():
-        cc = render_curation_config(corpus.namespace, name, corpus.spec, pvc_root=settings.pvc_mount_root)  # type: ignore[arg-type]
-        out.append({"curationConfig": cc.model_dump(mode="json")})
-    return out
+    names = {c.name for c in spec.corpora} | {g.corpus for g in spec.evaluation.general_evals if g.corpus}
+    mine: list[dict[str, Any]] = []
+    for obj in render_all(resources, settings):
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("namespace") != run.namespace:
+            continue
+        if labels.get(LABEL_RUN) == run.name or labels.get(LABEL_CORPUS) in names:
+            mine.append(obj)
+    return mine
 
 
 def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[RunPlan]:
@@ -111,7 +104,6 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
         problems += _pool_problems(run, settings)
     if problems:
         raise PlanError(problems)
-    by_key = {r.key: r for r in resources}
     plans = []
     for run in runs:
         spec: CPTRunSpec = run.spec  # type: ignore[assignment]
@@ -134,7 +126,7 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
                 spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
                 spec.training.precision, pool.gpu_memory_gib,
             )  # fmt: skip
-        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, by_key, settings), notes, zero))
+        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, resources, settings), notes, zero))
     return plans
 
 

@@ -117,11 +117,16 @@ def test_plan_reads_n_from_a_local_model_config(tmp_path):
     assert plan.shape.source.endswith("config.json")
 
 
-def test_plan_shows_the_trainer_config_with_the_run_prefix():
+def test_plan_shows_the_objects_the_operator_would_create():
     (plan,) = build_plans(load_manifests([LEGAL]), OperatorSettings())
-    text = json.dumps(plan.objects)
-    assert "s3://legal-team-checkpoints/cpt/legal-team/llama3-8b-legal" in text
-    assert "SECRET" not in text.upper().replace("CREDENTIALSSECRET", "")
+    kinds = sorted(o["kind"] for o in plan.objects)
+    assert kinds == ["ConfigMap", "ConfigMap", "ConfigMap", "Job", "Job", "PyTorchJob"]
+    configmaps = json.dumps([o["data"] for o in plan.objects if o["kind"] == "ConfigMap"])
+    assert "s3://legal-team-checkpoints/cpt/legal-team/llama3-8b-legal" in configmaps
+    assert "AWS_SECRET_ACCESS_KEY" not in configmaps  # credentials reach pods only through secretKeyRef
+    job = next(o for o in plan.objects if o["kind"] == "PyTorchJob")
+    env = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]} == {"legal-team-s3"}
 
 
 def test_unresolved_and_mistyped_references(tmp_path):

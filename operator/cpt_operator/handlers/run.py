@@ -37,6 +37,7 @@ from cpt_operator.render.pytorchjob import (
     render_trainer_configmap,
     run_credentials,
 )
+from cpt_operator.plan import estimate_compute
 from cpt_operator.render.trainer_config import total_steps
 
 
@@ -44,9 +45,9 @@ def _cost(spec: CPTRunSpec, achieved_tflops: float, price: float) -> dict[str, f
     n = spec.base_model.parameters
     if not n:
         return None
-    flops = 6.0 * n * spec.training.total_tokens
-    gpu_hours = flops / (achieved_tflops * 1e12) / 3600.0
-    return {"flops": flops, "gpuHours": round(gpu_hours, 3), "cost": round(gpu_hours * price, 2)}
+    gpus = spec.resources.nodes * spec.resources.gpus_per_node
+    est = estimate_compute(n, spec.training.total_tokens, gpus, achieved_tflops, price)
+    return {"flops": est.flops, "gpuHours": round(est.gpu_hours, 3), "cost": round(est.cost, 2)}
 
 
 def _mirror_job(updates: list[Any], view: JobView, spec: CPTRunSpec) -> str:
@@ -72,10 +73,16 @@ async def reconcile_run(
     updates: list[tuple[str, Any, str, str]] = []
     desired: dict[str, Any] = {"observedGeneration": generation}
 
+    # A run the forgetting monitor halted stays halted (suspended) until the tenant resumes it
+    # explicitly; the control loop, not this handler, leaves the Halted phase.
+    halted = current_phase == "Halted"
+
     def finish(phase: str | None) -> None:
         # A finished run stays finished: nothing here moves a terminal phase back.
         if current_phase in TERMINAL_PHASES and phase not in TERMINAL_PHASES:
             phase = current_phase
+        elif halted and phase not in TERMINAL_PHASES:
+            phase = "Halted"
         desired["phase"] = phase
         desired["conditions"] = conditions_with(list(current.get("conditions") or []), updates, generation, now)
         write_status(patch, current, desired)
@@ -167,7 +174,7 @@ async def reconcile_run(
         existing_cm, created_cm = await ensure_object(ctx, kube.CONFIGMAPS, configmap)
         if not created_cm and (existing_cm.get("data") or {}) != configmap["data"]:
             await ctx.kube.patch(kube.CONFIGMAPS, namespace, configmap["metadata"]["name"], {"data": configmap["data"]})
-        job = render_pytorchjob(inputs, settings, pool, initial_suspend(run.suspend, run.resources.queue_name), config_text)
+        job = render_pytorchjob(inputs, settings, pool, initial_suspend(run.suspend, run.resources.queue_name, halted), config_text)
         job_body, created = await ensure_object(ctx, kube.PYTORCHJOBS, job)
         view = JobView.from_body(job_body)
         if created:
@@ -181,7 +188,7 @@ async def reconcile_run(
                 await ensure_object(ctx, kube.CONFIGMAPS, configmap)
             await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name,
                                  {"metadata": {"annotations": {names.ANNOTATION_CONFIG_DIGEST: digest(config_text)}}})  # fmt: skip
-        wanted = suspend_patch(run.suspend, run.resources.queue_name, view.suspend)
+        wanted = suspend_patch(run.suspend, run.resources.queue_name, view.suspend, halted)
         if wanted is not None and current_phase not in TERMINAL_PHASES:
             patched = await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name, {"spec": {"runPolicy": {"suspend": wanted}}})
             if patched is not None:

@@ -1,0 +1,105 @@
+"""`cpt run-local` end to end on CPU: curation, training from a locally built base model, the
+metrics endpoint, checkpoint rotation and the forgetting monitor, then the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from cpt_operator.control.storage import LocalCheckpointStore
+from cpt_operator.decide.retention import EvaluatedCheckpoint, RetentionPolicy, select_checkpoints_to_keep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state.json").read_text())
+
+
+def series(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_domain_perplexity_falls_and_the_default_run_succeeds(local_runs):
+    s = series(local_runs["default"])
+    assert state(local_runs["default"])["status"]["phase"] == "Succeeded"
+    assert s["steps"][0] == 0
+    assert s["domain_perplexity"][-1] < s["domain_perplexity"][0]
+
+
+def test_general_score_measured_at_baseline_and_every_evaluation(local_runs):
+    st = state(local_runs["default"])
+    s = series(local_runs["default"])
+    interval = st["settings"]["evalInterval"]
+    total = st["settings"]["totalSteps"]
+    expected = sorted({0, *range(interval, total + 1, interval), total})
+    assert s["steps"] == expected
+    assert all(g is not None for g in s["general_score"])
+
+
+def test_checkpoints_on_disk_are_exactly_the_policy_set(local_runs):
+    for key in ("default", "aggressive"):
+        st = state(local_runs[key])
+        status = st["status"]
+        prefix = Path(status["checkpoints"][0]["uri"]).parent
+        on_disk = {c.step for c in LocalCheckpointStore(prefix).list_complete()}
+        ckpts = [
+            EvaluatedCheckpoint(r["step"], r["uri"], r.get("domainPerplexity"), r.get("generalScore"), r.get("generalRegression"))
+            for r in status["checkpoints"]
+        ]
+        example = {"default": "local", "aggressive": "local-forgetting"}[key]
+        policy_doc = yaml.safe_load((REPO / "examples" / example / "02-checkpointpolicy.yaml").read_text())["spec"]
+        policy = RetentionPolicy(policy_doc["keepLastN"], policy_doc["keepBestK"], policy_doc["bestMetric"], policy_doc.get("milestoneInterval", 0))
+        decision = select_checkpoints_to_keep(ckpts, policy, st["settings"]["forgettingThreshold"], st["baseline"]["domain_perplexity"])
+        assert on_disk == set(decision.keep), key
+        assert {r["step"] for r in status["checkpoints"] if not r["deleted"]} == on_disk
+        assert len(status["checkpoints"]) > len(on_disk)  # rotation deleted something
+
+
+def test_aggressive_configuration_halts_and_default_does_not(local_runs):
+    default = state(local_runs["default"])["status"]
+    aggressive = state(local_runs["aggressive"])["status"]
+    assert default["phase"] == "Succeeded" and not default.get("halt")
+    assert aggressive["phase"] == "Halted"
+    forgetting = next(c for c in aggressive["conditions"] if c["type"] == "ForgettingThresholdExceeded")
+    assert forgetting["status"] == "True" and "exceeds the 3.0% threshold" in forgetting["message"]
+    best = aggressive["bestCheckpoint"]
+    record = next(r for r in aggressive["checkpoints"] if r["step"] == best["step"])
+    assert record["generalRegression"] <= 0.03 and not record["deleted"]
+    assert aggressive["progress"]["step"] < aggressive["progress"]["totalSteps"]
+
+
+def test_report_files_and_series(local_runs):
+    for key in ("default", "aggressive"):
+        run_dir = local_runs[key]
+        for name in ("report.md", "report.png", "report.json"):
+            assert (run_dir / name).stat().st_size > 0
+        s = series(run_dir)
+        assert len(s["steps"]) == len(s["domain_perplexity"]) == len(s["general_score"]) >= 3
+        assert s["best_checkpoint"] in {k["step"] for k in s["kept_checkpoints"]}
+    assert series(local_runs["aggressive"])["halt_step"] is not None
+    assert series(local_runs["default"])["halt_step"] is None
+    md = (local_runs["aggressive"] / "report.md").read_text()
+    assert "Halted at step" in md and "Checkpoints kept" in md
+
+
+def test_cpt_report_regenerates_the_report(local_runs):
+    run_dir = local_runs["default"]
+    (run_dir / "report.json").unlink()
+    result = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "report", str(run_dir)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert series(run_dir)["steps"][0] == 0
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(local_runs, tmp_path):
+    # The same command again: the base model and corpora are cached and the run is already done.
+    result = subprocess.run(
+        [sys.executable, "-m", "cpt_operator.cli", "run-local", str(REPO / "examples" / "local"), "--workdir", str(local_runs["workdir"])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "already Succeeded" in result.stdout
