@@ -194,6 +194,16 @@ class KubeClient:
         self._check(status, data)
         return data
 
+    async def patch_status(self, res: Resource, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch of the status subresource; None when the object does not exist."""
+        status, data = await self._request(
+            "PATCH", res.path(namespace, name, "status"), "patch", body=body, content_type="application/merge-patch+json"
+        )
+        if status == 404:
+            return None
+        self._check(status, data)
+        return data
+
     async def delete(self, res: Resource, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete (Background or Foreground propagation); False when it did not exist."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}

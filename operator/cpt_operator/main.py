@@ -12,7 +12,7 @@ import kopf
 
 from cpt_operator import kube
 from cpt_operator.api.common import GROUP, VERSION
-from cpt_operator.handlers import corpus, indexes, run, startup, touch
+from cpt_operator.handlers import control, corpus, indexes, run, startup, touch
 from cpt_operator.handlers.context import context_of, login_info
 from cpt_operator.render.names import LABEL_CORPUS, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 
@@ -34,8 +34,14 @@ def login(memo: Any, **_: Any) -> Any:
     return login_info(context_of(memo))
 
 
+@kopf.on.startup()
+async def start_control_loop(memo: Any, **_: Any) -> None:
+    memo.control_stop, memo.control_task = control.start(context_of(memo))
+
+
 @kopf.on.cleanup()
 async def close_client(memo: Any, **_: Any) -> None:
+    await control.stop(getattr(memo, "control_stop", None), getattr(memo, "control_task", None))
     await context_of(memo).kube.close()
 
 

@@ -1,3 +1,3 @@
-"""Fixtures of the control tier (defined in control_servers.py, a uniquely named module)."""
+"""Fixtures of the control tier (defined in tests/support/loopback_servers.py)."""
 
-from control_servers import prometheus_factory, s3, s3_endpoint  # noqa: F401  (pytest fixtures)
+from loopback_servers import prometheus_factory, s3, s3_endpoint  # noqa: F401  (pytest fixtures)

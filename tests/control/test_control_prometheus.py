@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from control_servers import free_port
+from loopback_servers import free_port
 from cpt_operator.control.prometheus import (
     MetricsUnavailable,
     PrometheusClient,

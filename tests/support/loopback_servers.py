@@ -1,4 +1,4 @@
-"""Real servers on loopback for the control tier: moto's S3 server and Debian's Prometheus (fixtures)."""
+"""Real servers on loopback for the tests: moto's S3 server and Debian's Prometheus (shared by the test tiers through `pythonpath`)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def s3(s3_endpoint, monkeypatch, request):
 class PrometheusServer:
     """Debian's prometheus binary on 127.0.0.1, scraping the given targets every second."""
 
-    def __init__(self, workdir: Path, targets: list[str]):
+    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s"):
         self.workdir = workdir
+        self.scrape_interval = scrape_interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.targets = targets
@@ -60,7 +61,7 @@ class PrometheusServer:
             raise RuntimeError("the prometheus binary is missing: apt-get install -y prometheus (make test does)")
         config = self.workdir / "prometheus.yml"
         config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: {self.scrape_interval}\n"
             "scrape_configs:\n  - job_name: trainer\n    honor_labels: true\n    static_configs:\n"
             f"      - targets: {self.targets!r}\n"
         )

@@ -1,0 +1,177 @@
+"""The operator's metrics control loop: every `control_interval_seconds`, one
+`control_step` pass per active CPTRun (Prometheus -> status, rotation, forgetting halts).
+
+It runs as one background task of the operator rather than a Kopf timer per run: Kopf
+timers put a finalizer on every object, which would block namespace deletion whenever the
+operator is gone (see docs/operator.md). Reads are plain GET/LIST (least privilege: the
+RBAC list already grants them); writes are merge patches of the fields this loop owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from cpt_operator import kube
+from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
+from cpt_operator.api.cptrun import CPTRunSpec
+from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient
+from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
+from cpt_operator.control.storage import CheckpointStore, S3CheckpointStore
+from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.render.locations import run_prefix
+from cpt_trainer.contract import metrics as names
+
+logger = logging.getLogger("cpt_operator.control")
+
+ACTIVE_PHASES = ("Starting", "Running", "Restarting", "Halted")
+EVENTS = kube.Resource("", "v1", "events")
+
+RECONCILES = Counter(names.OPERATOR_RECONCILES.name.removesuffix("_total"), names.OPERATOR_RECONCILES.help, ["kind"])
+ERRORS = Counter(names.OPERATOR_ERRORS.name.removesuffix("_total"), names.OPERATOR_ERRORS.help, ["kind"])
+ROTATIONS = Counter(names.OPERATOR_ROTATIONS.name.removesuffix("_total"), names.OPERATOR_ROTATIONS.help)
+DELETIONS = Counter(names.OPERATOR_DELETIONS.name.removesuffix("_total"), names.OPERATOR_DELETIONS.help)
+HALTS = Counter(names.OPERATOR_HALTS.name.removesuffix("_total"), names.OPERATOR_HALTS.help)
+QUERY_SECONDS = Histogram(names.OPERATOR_QUERY_SECONDS.name, names.OPERATOR_QUERY_SECONDS.help)
+
+
+def prometheus_client_for(ctx: OperatorContext) -> PrometheusClient | None:
+    s = ctx.settings
+    if not s.prometheus_url:
+        return None
+    token = None
+    if s.prometheus_bearer_token_file:
+        with open(s.prometheus_bearer_token_file, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    return PrometheusClient(s.prometheus_url, bearer_token=token, ca_file=s.prometheus_ca_file)
+
+
+async def s3_store_for(ctx: OperatorContext, namespace: str, name: str, policy: CheckpointPolicySpec) -> CheckpointStore | None:
+    """The run's S3 checkpoint store, with the tenant's own credentials (read, never copied)."""
+    s3 = policy.storage.s3
+    if s3 is None:
+        return None  # PVC: the trainer applies the retain list on the volume it mounts
+    import boto3
+
+    kwargs: dict[str, Any] = {"endpoint_url": s3.endpoint, "region_name": s3.region}
+    if s3.credentials_secret is not None:
+        secret = await ctx.kube.get(kube.SECRETS, namespace, s3.credentials_secret.name)
+        data = (secret or {}).get("data") or {}
+        try:
+            kwargs["aws_access_key_id"] = base64.b64decode(data[s3.credentials_secret.access_key_id_key]).decode()
+            kwargs["aws_secret_access_key"] = base64.b64decode(data[s3.credentials_secret.secret_access_key_key]).decode()
+        except KeyError:
+            return None
+    client = boto3.client("s3", **kwargs)
+    return S3CheckpointStore(run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root), client)
+
+
+async def post_event(ctx: OperatorContext, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    meta = body["metadata"]
+    now = datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": type_, "reason": reason, "message": message[:1024], "source": {"component": "cpt-operator"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }  # fmt: skip
+    try:
+        await ctx.kube.create(EVENTS, meta["namespace"], event)
+    except kube.KubeError as exc:
+        logger.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+
+async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body: dict[str, Any]) -> None:
+    """One control pass over one CPTRun."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    namespace, name = meta["namespace"], meta["name"]
+    spec = CPTRunSpec.model_validate(body["spec"])
+    policy_body = await ctx.kube.get(kube.CHECKPOINT_POLICIES, namespace, spec.checkpoint_policy_ref.name)
+    if policy_body is None:
+        return  # the reconcile handler reports the missing policy
+    policy = CheckpointPolicySpec.model_validate(policy_body["spec"])
+    metrics, error = None, None
+    if prom is None:
+        error = "no Prometheus is configured (operator setting prometheusUrl)"
+    else:
+        try:
+            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name)
+        except MetricsUnavailable as exc:
+            error = str(exc)
+        finally:
+            if prom.last_latency is not None:
+                QUERY_SECONDS.observe(prom.last_latency)
+    store = await s3_store_for(ctx, namespace, name, policy)
+    resume = (meta.get("annotations") or {}).get(RESUME_ANNOTATION)
+    inputs = ControlInputs(
+        namespace, name, meta.get("generation"), spec, policy, status, metrics, error, store, time.time(),
+        ctx.settings.metrics_stale_seconds, int(resume) if resume and resume.isdigit() else None,
+    )  # fmt: skip
+    out = await asyncio.to_thread(control_step, inputs)
+    RECONCILES.labels("control").inc()
+    if out.deleted:
+        ROTATIONS.inc()
+        DELETIONS.inc(len(out.deleted))
+    job_name = status.get("pytorchJobName")
+    if out.halt and job_name:
+        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
+        HALTS.inc()
+        logger.info("halted CPTRun %s/%s: PyTorchJob %s suspended", namespace, name, job_name)
+    if out.resumed and job_name and not spec.suspend and not spec.resources.queue_name:
+        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": False}}})
+    if out.status_patch:
+        await ctx.kube.patch_status(kube.CPTRUNS, namespace, name, {"status": out.status_patch})
+    for type_, reason, message in out.events:
+        await post_event(ctx, body, type_, reason, message)
+
+
+async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None) -> int:
+    """One pass over every active run in the watched namespaces; returns how many were visited."""
+    visited = 0
+    for namespace in ctx.settings.watch_namespaces or [""]:
+        for body in await ctx.kube.list(kube.CPTRUNS, namespace):
+            if (body.get("status") or {}).get("phase") not in ACTIVE_PHASES:
+                continue
+            visited += 1
+            try:
+                await control_run(ctx, prom, body)
+            except Exception:  # one run's failure must not stop the others
+                ERRORS.labels("control").inc()
+                logger.exception("control pass of %s/%s failed", body["metadata"].get("namespace"), body["metadata"].get("name"))
+    return visited
+
+
+async def control_loop(ctx: OperatorContext, stop: asyncio.Event) -> None:
+    """Run `control_pass` every `control_interval_seconds` until `stop` is set."""
+    prom = prometheus_client_for(ctx)
+    while not stop.is_set():
+        try:
+            await control_pass(ctx, prom)
+        except Exception:
+            ERRORS.labels("control").inc()
+            logger.exception("control pass failed")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.control_interval_seconds)
+
+
+def start(ctx: OperatorContext) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """Start the control loop as a background task of the operator's event loop."""
+    stop_event = asyncio.Event()
+    return stop_event, asyncio.create_task(control_loop(ctx, stop_event), name="cpt-control-loop")
+
+
+async def stop(stop_event: asyncio.Event | None, task: asyncio.Task[None] | None) -> None:
+    if stop_event is not None:
+        stop_event.set()
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(task, timeout=10)
