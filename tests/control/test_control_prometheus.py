@@ -78,3 +78,23 @@ def test_direct_scrape_fallback_reads_only_the_run():
         assert metrics.get(names.DOMAIN_PERPLEXITY) == 5.0
     finally:
         server.shutdown()
+
+
+def test_evaluations_between_control_passes_are_recovered_by_a_range_query(prometheus_factory):
+    registry = CollectorRegistry()
+    gauges = {s.name: Gauge(s.name, s.help, s.labels, registry=registry) for s in (names.EVAL_STEP, names.GENERAL_REGRESSION)}
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        prom = prometheus_factory([f"127.0.0.1:{port}"])
+        client = PrometheusClient(prom.url)
+        wait_for(lambda: client.query('up{job="trainer"} == 1'))  # Prometheus applies new targets after ~5 s
+        started = time.time()
+        for step, regression in ((100, 0.01), (200, 0.05), (300, 0.07)):  # three evaluations, no query in between
+            gauges[names.EVAL_STEP.name].labels("ns", "run").set(step)
+            gauges[names.GENERAL_REGRESSION.name].labels("ns", "run").set(regression)
+            time.sleep(2.5)
+        evals = client.evaluations_between("ns", "run", started - 5, time.time(), 0.5)
+        assert [(e["step"], e["generalRegression"]) for e in evals] == [(100, 0.01), (200, 0.05), (300, 0.07)]
+    finally:
+        server.shutdown()

@@ -52,6 +52,9 @@ class RunMetrics:
     general_scores: dict[str, float] = field(default_factory=dict)
     baseline_general_scores: dict[str, float] = field(default_factory=dict)
     newest_timestamp: float | None = None
+    # Evaluations seen over a recent window (range query), so an evaluation between two
+    # control passes is not lost: [{"step", "domainPerplexity", "generalRegression"}].
+    recent_evaluations: list[dict[str, float | int | None]] = field(default_factory=list)
 
     def get(self, spec: names.MetricSpec) -> float | None:
         return self.values.get(spec.name)
@@ -117,8 +120,36 @@ class PrometheusClient:
             out[key] = [(float(t), float(v)) for t, v in r["values"]]
         return out
 
-    def run_metrics(self, namespace: str, run: str) -> RunMetrics:
-        return run_metrics_from_samples(self.query(run_selector(namespace, run)))
+    def run_metrics(self, namespace: str, run: str, window_seconds: float = 0.0, step_seconds: float = 5.0) -> RunMetrics:
+        """The run's latest metrics (one instant query) and, with a window, its evaluations in
+        that window (one range query)."""
+        out = run_metrics_from_samples(self.query(run_selector(namespace, run)))
+        if window_seconds > 0 and out.values:
+            end = time.time()
+            out.recent_evaluations = self.evaluations_between(namespace, run, end - window_seconds, end, step_seconds)
+        return out
+
+    def evaluations_between(self, namespace: str, run: str, start: float, end: float, step: float) -> list[dict[str, float | int | None]]:
+        """Every evaluation whose samples fall in [start, end], by step, oldest first."""
+        wanted = (names.EVAL_STEP.name, names.GENERAL_REGRESSION.name, names.DOMAIN_PERPLEXITY.name)
+        selector = label_matcher(namespace=namespace, run=run)[:-1] + f',__name__=~"{"|".join(wanted)}"}}'
+        series = self.query_range(selector, start, end, step)
+        by_time: dict[float, dict[str, float]] = {}
+        for (name, _labels), points in series.items():
+            for ts, value in points:
+                by_time.setdefault(ts, {})[name] = value
+        evals: dict[int, dict[str, float | int | None]] = {}
+        for ts in sorted(by_time):
+            row = by_time[ts]
+            if names.EVAL_STEP.name not in row:
+                continue
+            step_no = int(row[names.EVAL_STEP.name])
+            evals.setdefault(step_no, {
+                "step": step_no,
+                "domainPerplexity": row.get(names.DOMAIN_PERPLEXITY.name),
+                "generalRegression": row.get(names.GENERAL_REGRESSION.name),
+            })  # fmt: skip
+        return [evals[k] for k in sorted(evals)]
 
 
 def scrape_run_metrics(url: str, namespace: str, run: str, timeout: float = 5.0) -> RunMetrics:

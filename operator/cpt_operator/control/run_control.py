@@ -192,7 +192,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     conditions = set_condition(conditions, METRICS_AVAILABLE, True, METRICS_FRESH, "metrics are fresh", gen, now_text)
     patch: dict[str, Any] = {"progress": _progress(inputs.spec, m), "metrics": _metrics_status(m, inputs.now)}
 
-    evaluations = list(status.get("evaluations") or [])
+    evaluations = _merge_evaluations(list(status.get("evaluations") or []), list(m.recent_evaluations))
     eval_step = m.get(names.EVAL_STEP)
     if eval_step is not None:
         evaluations = _merge_evaluations(

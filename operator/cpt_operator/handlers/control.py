@@ -104,7 +104,9 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         error = "no Prometheus is configured (operator setting prometheusUrl)"
     else:
         try:
-            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name)
+            # The window covers two missed passes, so an evaluation between passes is never lost.
+            window = 3 * ctx.settings.control_interval_seconds + 60
+            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name, window)
         except MetricsUnavailable as exc:
             error = str(exc)
         finally:
