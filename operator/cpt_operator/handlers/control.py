@@ -165,8 +165,26 @@ async def control_loop(ctx: OperatorContext, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=ctx.settings.control_interval_seconds)
 
 
+_metrics_server_started = False
+
+
+def serve_operator_metrics(port: int) -> None:
+    """The operator's own /metrics (prometheus-client), once per process; 0 disables it."""
+    global _metrics_server_started
+    if port <= 0 or _metrics_server_started:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port)
+        _metrics_server_started = True
+    except OSError as exc:
+        logger.warning("operator metrics not served on port %d: %s", port, exc)
+
+
 def start(ctx: OperatorContext) -> tuple[asyncio.Event, asyncio.Task[None]]:
     """Start the control loop as a background task of the operator's event loop."""
+    serve_operator_metrics(ctx.settings.operator_metrics_port)
     stop_event = asyncio.Event()
     return stop_event, asyncio.create_task(control_loop(ctx, stop_event), name="cpt-control-loop")
 
