@@ -36,6 +36,7 @@ from cpt_operator.local.report import STATE_FILE, write_report
 from cpt_operator.plan_report import PlanError, build_plans
 from cpt_operator.render.trainer_config import render_curation_config, render_trainer_config
 from cpt_operator.settings import NodePool, OperatorSettings
+from cpt_trainer.contract import metrics as names
 from cpt_trainer.contract.config import BatchConfig, CheckpointConfig, CorpusInput, DataConfig, EvalConfig, ModelConfig
 from cpt_trainer.contract.config import MetricsConfig, OptimConfig, RunIdentity, TrainerConfig
 
@@ -206,8 +207,8 @@ class LocalRunner:
 
     def train(self, run: Resource, by_key: dict[tuple[str, str, str], Resource], corpora_status: list[dict[str, Any]]) -> dict[str, Any]:
         spec: CPTRunSpec = run.spec  # type: ignore[assignment]
-        names = [c.name for c in spec.corpora] + [g.corpus for g in spec.evaluation.general_evals if g.corpus]
-        corpora = {n: by_key[("Corpus", run.namespace, n)].spec for n in names}
+        corpus_names = [c.name for c in spec.corpora] + [g.corpus for g in spec.evaluation.general_evals if g.corpus]
+        corpora = {n: by_key[("Corpus", run.namespace, n)].spec for n in corpus_names}
         policy: CheckpointPolicySpec = by_key[("CheckpointPolicy", run.namespace, spec.checkpoint_policy_ref.name)].spec  # type: ignore
         config = render_trainer_config(run.namespace, run.name, spec, corpora, policy, pvc_root=str(self.pvc_root))  # type: ignore[arg-type]
         port = _free_port()
@@ -251,8 +252,15 @@ class LocalRunner:
                     except MetricsUnavailable as exc:
                         error = str(exc)
                 elif last is not None:
-                    metrics = last  # the trainer has exited: its final readings are the freshest there are
+                    # The trainer has exited: its last readings, with the step and tokens its final
+                    # checkpoint recorded (a scrape can miss the very last step).
+                    metrics = last
                     metrics.newest_timestamp = time.time()
+                    newest = store.list_complete()[-1:]
+                    final = store.read_metrics(newest[0].step) if newest else None
+                    if final:
+                        metrics.values[names.STEP.name] = float(final.get("step", 0))
+                        metrics.values[names.TOKENS_SEEN.name] = float(final.get("tokens_seen", 0))
                 out = control_step(ControlInputs(run.namespace, run.name, 1, spec, policy, status, metrics, error, store, time.time(), 120.0))
                 status.update(out.status_patch)
                 for kind, reason, message in out.events:
