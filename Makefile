@@ -37,8 +37,9 @@ services:
 demo: install
 	$(BIN)/cpt run-local examples/local
 
+# A hard limit well under CI's 90 minutes, so a hang can never eat the whole budget.
 test: install-test services
-	$(BIN)/python -m pytest
+	timeout 2400 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache

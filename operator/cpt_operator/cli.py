@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from cpt_operator.api.resources import InvalidResource, ManifestError, load_manifests
@@ -71,6 +72,7 @@ def _run_local(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
     try:
         states = LocalRunner(Path(args.dir), Path(args.workdir), poll_seconds=args.poll).run()
     except (ManifestError, LocalRunError) as exc:
@@ -86,6 +88,7 @@ def _run_local(args: argparse.Namespace) -> int:
     for state in states:
         status = state.get("status", {})
         print(f"{state['run']['namespace']}/{state['run']['name']}: {status.get('phase')}")
+    print(f"cpt run-local: done in {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -201,6 +201,9 @@ class OperatorProcess:
             self.loop.call_soon_threadsafe(self.task.cancel)
         await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 30)
         self.thread = None
+        # Kopf waits for the stop flag in an executor thread; release it, or the interpreter
+        # waits for that thread forever at exit.
+        self.stop_flag.set()
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
