@@ -77,16 +77,15 @@ def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
     return problems
 
 
-def _objects(run: Resource, resources: list[Resource], settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The exact objects the operator would create for this run: its corpora's curation
-    ConfigMaps and Jobs, then its trainer ConfigMap and PyTorchJob."""
-    from cpt_operator.render import render_all
+def _objects(run: Resource, rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of everything rendered, the objects of this run: its corpora's curation ConfigMaps and
+    Jobs, then its trainer ConfigMap and PyTorchJob."""
     from cpt_operator.render.names import LABEL_CORPUS, LABEL_RUN
 
     spec: CPTRunSpec = run.spec  # type: ignore[assignment]
     names = {c.name for c in spec.corpora} | {g.corpus for g in spec.evaluation.general_evals if g.corpus}
     mine: list[dict[str, Any]] = []
-    for obj in render_all(resources, settings):
+    for obj in rendered:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("namespace") != run.namespace:
@@ -98,12 +97,15 @@ def _objects(run: Resource, resources: list[Resource], settings: OperatorSetting
 
 def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[RunPlan]:
     """A plan per CPTRun; raises PlanError when references or pools do not resolve."""
+    from cpt_operator.render import render_all
+
     problems = reference_problems(resources)
     runs = [r for r in resources if r.kind == "CPTRun"]
     for run in runs:
         problems += _pool_problems(run, settings)
     if problems:
         raise PlanError(problems)
+    rendered = render_all(resources, settings) if runs else []
     plans = []
     for run in runs:
         spec: CPTRunSpec = run.spec  # type: ignore[assignment]
@@ -126,7 +128,7 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
                 spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
                 spec.training.precision, pool.gpu_memory_gib,
             )  # fmt: skip
-        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, resources, settings), notes, zero))
+        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, rendered), notes, zero))
     return plans
 
 
