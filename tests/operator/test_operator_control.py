@@ -6,18 +6,19 @@ intervals after the patience window and its PyTorchJob is suspended; a healthy r
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from flows import apply_all, condition, finish_curation, status_of, wait_object
+from flows import apply_all, condition, eventually, finish_curation, status_of, wait_object
 from harness import OperatorProcess
 from harness import test_settings as operator_settings
 from loopback_servers import free_port, prometheus_factory  # noqa: F401  (fixture)
 from manifests import example
 from cpt_operator import kube
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.render.names import pytorchjob_name
+from cpt_operator.render.names import pytorchjob_name, retain_configmap_name
 from cpt_trainer.contract import metrics as names
 
 EVAL_INTERVAL = 3.0  # seconds between the fake trainers' evaluations
@@ -31,7 +32,9 @@ class FakeTrainers:
         self.registry = CollectorRegistry()
         self.gauges = {
             spec.name: Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
-            for spec in (names.STEP, names.EVAL_STEP, names.GENERAL_REGRESSION, names.DOMAIN_PERPLEXITY, names.TOKENS_PER_SECOND)
+            for spec in (names.STEP, names.EVAL_STEP, names.GENERAL_REGRESSION, names.DOMAIN_PERPLEXITY, names.TOKENS_PER_SECOND,
+                         names.CHECKPOINT_PRESENT, names.CHECKPOINT_DOMAIN_PERPLEXITY, names.CHECKPOINT_GENERAL_REGRESSION,
+                         names.BASELINE_DOMAIN_PERPLEXITY)  # fmt: skip
         }
         self.port = free_port()
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
@@ -40,6 +43,14 @@ class FakeTrainers:
         for metric, value in ((names.STEP, step), (names.EVAL_STEP, step), (names.GENERAL_REGRESSION, regression),
                               (names.DOMAIN_PERPLEXITY, 20.0 - step / 1000), (names.TOKENS_PER_SECOND, 1e5)):  # fmt: skip
             self.gauges[metric.name].labels(namespace, RUN).set(value)
+
+
+    def list_checkpoint(self, namespace: str, step: int, domain: float, regression: float) -> None:
+        """What a trainer exports for a checkpoint on its volume."""
+        self.gauges[names.CHECKPOINT_PRESENT.name].labels(namespace, RUN, str(step)).set(1)
+        self.gauges[names.CHECKPOINT_DOMAIN_PERPLEXITY.name].labels(namespace, RUN, str(step)).set(domain)
+        self.gauges[names.CHECKPOINT_GENERAL_REGRESSION.name].labels(namespace, RUN, str(step)).set(regression)
+        self.gauges[names.BASELINE_DOMAIN_PERPLEXITY.name].labels(namespace, RUN).set(30.0)
 
 
 async def start_run(client: kube.KubeClient, namespace: str) -> None:
@@ -114,3 +125,40 @@ async def test_prometheus_down_is_metrics_unavailable_and_never_halts(cluster: A
         assert (await client.get(kube.PYTORCHJOBS, "tenant-a", pytorchjob_name(RUN)))["spec"]["runPolicy"]["suspend"] is False
     finally:
         await op.stop()
+
+
+async def test_pvc_checkpoints_are_rotated_through_the_retain_configmap(cluster: Any, client: kube.KubeClient, prometheus_factory: Any) -> None:
+    """The minimal example keeps its checkpoints on a PVC (keepLastN 2, keepBestK 1): the
+    operator decides from the trainer's listing and writes the retain list the pod mounts."""
+    _, url = cluster
+    trainers = FakeTrainers()
+    prom = prometheus_factory([f"127.0.0.1:{trainers.port}"])
+    settings = operator_settings()
+    settings.prometheus_url = prom.url
+    settings.control_interval_seconds = 0.5
+    op = OperatorProcess(url, settings)
+    await op.start()
+    ns = "tenant-pvc"
+    try:
+        await start_run(client, ns)
+        job = await client.get(kube.PYTORCHJOBS, ns, pytorchjob_name(RUN))
+        pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        assert {"name": "retain", "configMap": {"name": retain_configmap_name(RUN), "optional": True}} in pod["volumes"]
+        for step in range(500, 3001, 500):
+            trainers.list_checkpoint(ns, step, 15.0 if step == 1000 else 25.0, 0.01)
+        trainers.evaluate(ns, 3000, 0.01)
+        cm = await wait_object(client, kube.CONFIGMAPS, ns, retain_configmap_name(RUN), timeout=30)
+        retain = json.loads(cm["data"]["retain.json"])
+        assert retain == {"keep": ["step-00001000", "step-00002500", "step-00003000"], "decidedThroughStep": 3000}
+        assert cm["metadata"]["ownerReferences"][0]["kind"] == "CPTRun"
+
+        async def rotated() -> Any:
+            st = await status_of(client, kube.CPTRUNS, ns, RUN)
+            return st if st.get("bestCheckpoint") else None
+
+        st = await eventually(rotated, timeout=10, what="the rotation in status")
+        assert st["bestCheckpoint"]["step"] == 1000
+        assert sorted(r["step"] for r in st["checkpoints"] if r["deleted"]) == [500, 1500, 2000]
+    finally:
+        await op.stop()
+        trainers.server.shutdown()

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cpt_trainer import cli
 from cpt_trainer.contract import metrics as m
 from cpt_trainer.contract.config import TrainerConfig, load_config
+from cpt_trainer.train.checkpointing import retain_deletions
 from cpt_trainer.train.main import prepare
 from cpt_trainer.train.shards import write_corpus
 
@@ -89,6 +90,56 @@ def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_co
     assert _value(second, "cpt_mfu_ratio") == 0  # CPU: no known peak
 
 
+def test_volume_checkpoints_are_listed_in_metrics_until_the_retain_list_deletes_them(make_config, tmp_path):
+    retain = tmp_path / "retain.json"
+    ck = tmp_path / "ck"
+    path = make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 6},
+                       checkpoint={"interval": 2, "uri": str(ck), "retain_file": str(retain)})  # fmt: skip
+    run = _run(path)
+    trainer = run.trainer
+    try:
+        port = run.metrics.port
+        trainer.evaluate()
+        for _ in range(2):
+            trainer.train_step()
+        trainer.evaluate()
+        trainer.save_checkpoint()
+        for _ in range(2):
+            trainer.train_step()
+        trainer.evaluate()
+        trainer.save_checkpoint()
+        listed = _scrape(port)
+        saved = json.loads((ck / "step-00000002" / m.CHECKPOINT_METRICS_FILE).read_text())
+        retain.write_text(json.dumps({"keep": ["step-00000004"], "decidedThroughStep": 4}))
+        trainer.evaluate()
+        trainer.apply_retain_list()
+        after = _scrape(port)
+    finally:
+        run.close()
+    assert _value(listed, "cpt_checkpoint_present", step="2") == 1
+    assert _value(listed, "cpt_checkpoint_present", step="4") == 1
+    assert _value(listed, "cpt_checkpoint_domain_perplexity", step="2") == pytest.approx(saved["domain_perplexity"])
+    assert _value(listed, "cpt_checkpoint_general_regression_ratio", step="2") == pytest.approx(saved["general_regression"])
+    assert _value(listed, "cpt_checkpoint_general_score", step="2", eval="general") == pytest.approx(saved["general_scores"]["general"])
+    assert _value(listed, "cpt_baseline_domain_perplexity") == pytest.approx(saved["baseline_domain_perplexity"])
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000004"]
+    assert ("cpt_checkpoint_present", (("namespace", "tenant-a"), ("run", "run-1"), ("step", "2"))) not in after
+    assert _value(after, "cpt_checkpoint_present", step="4") == 1
+
+
+def test_a_restarted_trainer_lists_the_checkpoints_already_on_its_volume(make_config, tmp_path):
+    ck = tmp_path / "ck"
+    path = make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 4}, checkpoint={"interval": 2, "uri": str(ck)})
+    assert cli.main(["train", "--config", str(path)]) == 0
+    run = _run(path)
+    try:
+        run.trainer.list_volume_checkpoints()
+        listed = _scrape(run.metrics.port)
+    finally:
+        run.close()
+    assert {dict(lb)["step"] for name, lb in listed if name == "cpt_checkpoint_present"} == {"2", "4"}
+
+
 def test_a_full_run_writes_complete_checkpoints_with_their_metrics(make_config, tmp_path):
     path = make_config()
     assert cli.main(["train", "--config", str(path)]) == 0
@@ -113,10 +164,29 @@ def test_a_full_run_writes_complete_checkpoints_with_their_metrics(make_config, 
 
 def test_retain_list_deletes_unlisted_checkpoints_but_never_the_newest(make_config, tmp_path):
     retain = tmp_path / "retain.json"
-    retain.write_text(json.dumps({"keep": ["step-00000002"]}))
+    retain.write_text(json.dumps({"keep": ["step-00000002"], "decidedThroughStep": 6}))
     path = make_config(checkpoint={"interval": 2, "uri": str(tmp_path / "ck"), "retain_file": str(retain)})
     assert cli.main(["train", "--config", str(path)]) == 0
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-00000002", "step-00000006"]
+
+
+def test_retain_list_never_deletes_a_checkpoint_newer_than_the_decision(make_config, tmp_path):
+    # The operator decided when step 2 was the newest; 4 and 6 were saved after (the ConfigMap lags).
+    retain = tmp_path / "retain.json"
+    retain.write_text(json.dumps({"keep": [], "decidedThroughStep": 2}))
+    path = make_config(checkpoint={"interval": 2, "uri": str(tmp_path / "ck"), "retain_file": str(retain)})
+    assert cli.main(["train", "--config", str(path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-00000004", "step-00000006"]
+
+
+def test_retain_deletions_rules():
+    folders = ["step-00000002", "step-00000004", "step-00000006", "step-00000008", "other"]
+    complete = ["step-00000002", "step-00000004", "step-00000006"]  # step 8 is a crash leftover
+    assert retain_deletions(folders, complete, {"step-00000004"}, 8) == ["step-00000002", "step-00000008"]
+    assert retain_deletions(folders, complete, set(), 10) == ["step-00000002", "step-00000004", "step-00000008"]
+    # Without decidedThroughStep only what is older than the newest kept one goes.
+    assert retain_deletions(folders, complete, {"step-00000004"}, None) == ["step-00000002"]
+    assert retain_deletions(folders, complete, set(), None) == []
 
 
 # ---------------------------------------------------------------- clear failures (exit 2, one line)

@@ -55,9 +55,31 @@ class RunMetrics:
     # Evaluations seen over a recent window (range query), so an evaluation between two
     # control passes is not lost: [{"step", "domainPerplexity", "generalRegression"}].
     recent_evaluations: list[dict[str, float | int | None]] = field(default_factory=list)
+    # The complete checkpoints the trainer lists for a volume (PVC storage), by step, in the
+    # shape of their metrics.json: {"domain_perplexity", "general_scores", "general_regression"}.
+    volume_checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
+    baseline_domain_perplexity: float | None = None
 
     def get(self, spec: names.MetricSpec) -> float | None:
         return self.values.get(spec.name)
+
+
+_LISTING = {spec.name for spec in names.CHECKPOINT_LISTING}
+
+
+def _list_checkpoint(out: RunMetrics, s: Sample) -> None:
+    step_text = s.labels.get("step", "")
+    if not step_text.isdigit():
+        return
+    entry = out.volume_checkpoints.setdefault(int(step_text), {"general_scores": {}})
+    if s.name == names.CHECKPOINT_DOMAIN_PERPLEXITY.name:
+        entry["domain_perplexity"] = s.value
+    elif s.name == names.CHECKPOINT_GENERAL_REGRESSION.name:
+        entry["general_regression"] = s.value
+    elif s.name == names.CHECKPOINT_GENERAL_SCORE.name:
+        entry["general_scores"][s.labels.get("eval", "")] = s.value
+    else:
+        entry["present"] = s.value == 1
 
 
 def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
@@ -66,7 +88,11 @@ def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
         name = s.name
         if name.endswith("_created"):
             continue  # prometheus-client's counter creation times
-        if name == names.GENERAL_SCORE.name:
+        if name in _LISTING:
+            _list_checkpoint(out, s)
+        elif name == names.BASELINE_DOMAIN_PERPLEXITY.name:
+            out.baseline_domain_perplexity = s.value
+        elif name == names.GENERAL_SCORE.name:
             out.general_scores[s.labels.get("eval", "")] = s.value
         elif name == names.BASELINE_GENERAL_SCORE.name:
             out.baseline_general_scores[s.labels.get("eval", "")] = s.value
@@ -74,6 +100,8 @@ def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
             out.values[name] = s.value
         if s.timestamp is not None:
             out.newest_timestamp = max(out.newest_timestamp or 0.0, s.timestamp)
+    # Only checkpoints whose presence series is there are listed (a score alone is not a checkpoint).
+    out.volume_checkpoints = {k: v for k, v in out.volume_checkpoints.items() if v.pop("present", False)}
     return out
 
 

@@ -26,7 +26,7 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.conditions import now_rfc3339, set_condition, truncate_message
 from cpt_operator.control.prometheus import RunMetrics
-from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError
+from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError, retain_list
 from cpt_operator.decide.forgetting import EvalPoint, decide_forgetting
 from cpt_operator.decide.retention import (
     EvaluatedCheckpoint,
@@ -86,6 +86,8 @@ class ControlOutcome:
     halt: bool = False
     resumed: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    # For a volume (PVC): the retain list the trainer applies; None leaves the last one in place.
+    retain: dict[str, Any] | None = None
 
 
 def _iso(ts: float) -> str:
@@ -157,8 +159,8 @@ def _checkpoint_records(inputs: ControlInputs, existing: list[dict[str, Any]]) -
     for entry in inputs.store.list_complete():
         metrics = inputs.store.read_metrics(entry.step) or {}
         baseline_domain = metrics.get("baseline_domain_perplexity", baseline_domain)
-        if entry.step in records and not records[entry.step].get("deleted"):
-            continue
+        if entry.step in records and (not records[entry.step].get("deleted") or inputs.store.deletes_later):
+            continue  # recorded already; or its deletion is decided and the trainer has yet to carry it out
         scores = metrics.get("general_scores") or {}
         records[entry.step] = {
             "step": entry.step,
@@ -254,6 +256,9 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
             kept = len(decision.keep)
             conditions = set_condition(conditions, CHECKPOINTS_ROTATED, True, ROTATED, f"{kept} checkpoint(s) kept by policy", gen, now_text)
     patch["checkpoints"] = records
+    if store_ok and inputs.store is not None and inputs.store.deletes_later:
+        listed = [c.step for c in inputs.store.list_complete()]
+        out.retain = retain_list([int(r["step"]) for r in records if not r.get("deleted")], listed)
     if decision.best is not None:
         best = next(r for r in records if int(r["step"]) == decision.best)
         patch["bestCheckpoint"] = {"step": decision.best, "uri": best["uri"], "metric": policy.best_metric,

@@ -39,7 +39,14 @@ class StoredCheckpoint:
 
 
 class CheckpointStore(Protocol):
+    """One run's checkpoints below `prefix` = <storage>/<namespace>/<run>.
+
+    `deletes_later` is True for a store whose deletions are carried out by someone else
+    (a volume: the trainer applies the retain list), so a checkpoint still listed after its
+    deletion was decided is pending, not back."""
+
     prefix: str
+    deletes_later: bool
 
     def list_complete(self) -> list[StoredCheckpoint]: ...
     def read_metrics(self, step: int) -> dict[str, Any] | None: ...
@@ -68,6 +75,8 @@ def confined_step(prefix_uri: str, uri: str) -> int:
 
 class S3CheckpointStore:
     """A run's checkpoints under s3://bucket/<prefix>/<namespace>/<run>/step-NNNNNNNN/."""
+
+    deletes_later = False
 
     def __init__(self, prefix_uri: str, client: Any):
         self.prefix = prefix_uri.rstrip("/")
@@ -144,6 +153,8 @@ class S3CheckpointStore:
 class LocalCheckpointStore:
     """Checkpoints in a folder (local mode; a PVC as the trainer pod sees it)."""
 
+    deletes_later = False
+
     def __init__(self, prefix: str | Path):
         self.prefix = str(Path(prefix))
 
@@ -172,3 +183,45 @@ class LocalCheckpointStore:
         entries = self.list_complete()
         shutil.rmtree(self.prefix, ignore_errors=True)
         return len(entries)
+
+
+class VolumeCheckpointStore:
+    """A PVC's checkpoints as the operator sees them: listed by the trainer's metrics
+    (`cpt_checkpoint_present{step}` with each checkpoint's metrics.json values), deleted by
+    the trainer, which applies the retain list the operator writes (`retain_list`).
+
+    `delete` only records the decision (after the same prefix confinement as the other
+    stores); nothing here touches the volume.
+    """
+
+    deletes_later = True
+
+    def __init__(self, prefix: str, listed: dict[int, dict[str, Any]], baseline_domain_perplexity: float | None = None):
+        self.prefix = prefix.rstrip("/")
+        self.listed = dict(listed)
+        self.baseline_domain_perplexity = baseline_domain_perplexity
+        self.released: list[int] = []
+
+    def list_complete(self) -> list[StoredCheckpoint]:
+        return [StoredCheckpoint(step, f"{self.prefix}/{step_dir_name(step)}") for step in sorted(self.listed)]
+
+    def read_metrics(self, step: int) -> dict[str, Any] | None:
+        entry = self.listed.get(step)
+        if entry is None:
+            return None
+        return {**entry, "baseline_domain_perplexity": self.baseline_domain_perplexity}
+
+    def delete(self, uri: str) -> None:
+        self.released.append(confined_step(self.prefix, uri))
+
+    def delete_run(self) -> int:
+        raise StorageError("a volume's checkpoints are deleted by a pod that mounts it, not by the operator")
+
+
+def retain_list(kept_steps: list[int], listed_steps: list[int]) -> dict[str, Any] | None:
+    """The trainer's retain file: keep these, delete the rest up to the newest step decided on.
+
+    None when the trainer listed nothing (just started, or gone): no decision to deliver."""
+    if not listed_steps:
+        return None
+    return {"keep": [step_dir_name(s) for s in sorted(set(kept_steps))], "decidedThroughStep": max(listed_steps)}

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import json
 import logging
 import time
 from typing import Any
@@ -24,9 +25,13 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient
 from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
-from cpt_operator.control.storage import CheckpointStore, S3CheckpointStore
+from cpt_operator.api.common import API_VERSION
+from cpt_operator.control.storage import CheckpointStore, S3CheckpointStore, VolumeCheckpointStore
 from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.render import names as objnames
+from cpt_operator.render.configmap import render_configmap
 from cpt_operator.render.locations import run_prefix
+from cpt_operator.render.trainer_config import RETAIN_FILE_NAME
 from cpt_trainer.contract import metrics as names
 
 logger = logging.getLogger("cpt_operator.control")
@@ -54,10 +59,11 @@ def prometheus_client_for(ctx: OperatorContext) -> PrometheusClient | None:
 
 
 async def s3_store_for(ctx: OperatorContext, namespace: str, name: str, policy: CheckpointPolicySpec) -> CheckpointStore | None:
-    """The run's S3 checkpoint store, with the tenant's own credentials (read, never copied)."""
+    """The run's S3 checkpoint store, with the tenant's own credentials (read, never copied);
+    None for a PVC or when the Secret lacks its keys (the reconcile reports that)."""
     s3 = policy.storage.s3
     if s3 is None:
-        return None  # PVC: the trainer applies the retain list on the volume it mounts
+        return None
     import boto3
 
     kwargs: dict[str, Any] = {"endpoint_url": s3.endpoint, "region_name": s3.region}
@@ -90,6 +96,24 @@ async def post_event(ctx: OperatorContext, body: dict[str, Any], type_: str, rea
         logger.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
 
+async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: dict[str, Any]) -> None:
+    """Create or update the run's retain ConfigMap (owned by the run), only when it changed."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    text = json.dumps(retain, indent=2, sort_keys=True) + "\n"
+    cm_name = objnames.retain_configmap_name(name)
+    owner = objnames.owner_reference(body.get("apiVersion") or API_VERSION, "CPTRun", name, meta.get("uid", ""))
+    configmap = render_configmap(cm_name, namespace, RETAIN_FILE_NAME, text, objnames.run_labels(namespace, name, "retain"), owner)
+    try:
+        await ctx.kube.create(kube.CONFIGMAPS, namespace, configmap)
+        return
+    except kube.Conflict:
+        pass
+    existing = await ctx.kube.get(kube.CONFIGMAPS, namespace, cm_name)
+    if existing is None or (existing.get("data") or {}).get(RETAIN_FILE_NAME) != text:
+        await ctx.kube.patch(kube.CONFIGMAPS, namespace, cm_name, {"data": {RETAIN_FILE_NAME: text}})
+
+
 async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body: dict[str, Any]) -> None:
     """One control pass over one CPTRun."""
     meta, status = body["metadata"], dict(body.get("status") or {})
@@ -112,7 +136,14 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         finally:
             if prom.last_latency is not None:
                 QUERY_SECONDS.observe(prom.last_latency)
-    store = await s3_store_for(ctx, namespace, name, policy)
+    store: CheckpointStore | None
+    if policy.storage.pvc is not None:
+        # The operator cannot mount a tenant's volume: the trainer lists it in its metrics and
+        # applies the retain list this pass writes.
+        prefix = run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root)
+        store = VolumeCheckpointStore(prefix, metrics.volume_checkpoints, metrics.baseline_domain_perplexity) if metrics else None
+    else:
+        store = await s3_store_for(ctx, namespace, name, policy)
     resume = (meta.get("annotations") or {}).get(RESUME_ANNOTATION)
     inputs = ControlInputs(
         namespace, name, meta.get("generation"), spec, policy, status, metrics, error, store, time.time(),
@@ -130,6 +161,8 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         logger.info("halted CPTRun %s/%s: PyTorchJob %s suspended", namespace, name, job_name)
     if out.resumed and job_name and not spec.suspend and not spec.resources.queue_name:
         await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": False}}})
+    if out.retain is not None:
+        await write_retain_list(ctx, body, out.retain)
     if out.status_patch:
         await ctx.kube.patch_status(kube.CPTRUNS, namespace, name, {"status": out.status_patch})
     for type_, reason, message in out.events:

@@ -76,6 +76,11 @@ def trainer_configmap_name(run: str) -> str:
     return derived_name(run, "-trainer-config", MAX_NAME)
 
 
+def retain_configmap_name(run: str) -> str:
+    """The operator's retain list for a run's PVC checkpoints (the trainer pod mounts it)."""
+    return derived_name(run, "-retain", MAX_NAME)
+
+
 def curation_job_name(corpus: str) -> str:
     return derived_name(corpus, "-curate", MAX_JOB_NAME, must_start_with_letter=True)
 

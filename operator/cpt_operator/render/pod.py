@@ -76,10 +76,13 @@ def container_security_context() -> dict[str, Any]:
 
 
 def volumes_and_mounts(
-    configmap: str, locations: list[Location | StorageLocation | None], pvc_mount_root: str, shm: bool
+    configmap: str, locations: list[Location | StorageLocation | None], pvc_mount_root: str, shm: bool,
+    retain: tuple[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The config (read-only), /tmp, optionally a memory-backed /dev/shm (NCCL, data loaders),
-    and each PVC the locations name at <pvc_mount_root>/<claim>."""
+    each PVC the locations name at <pvc_mount_root>/<claim>, and with `retain` = (ConfigMap,
+    directory) the operator's retain list, optional (the pod starts before the first decision)
+    and mounted without subPath, so the kubelet refreshes it in a running pod."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": configmap}},
         {"name": "tmp", "emptyDir": {}},
@@ -94,4 +97,7 @@ def volumes_and_mounts(
     for i, claim in enumerate(pvc_claims(*locations)):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{pvc_mount_root.rstrip('/')}/{claim}"})
+    if retain is not None:
+        volumes.append({"name": "retain", "configMap": {"name": retain[0], "optional": True}})
+        mounts.append({"name": "retain", "mountPath": retain[1], "readOnly": True})
     return volumes, mounts

@@ -21,7 +21,7 @@ from cpt_operator.render.pod import (
     scratch_env,
     volumes_and_mounts,
 )
-from cpt_operator.render.trainer_config import render_trainer_config
+from cpt_operator.render.trainer_config import RETAIN_DIR, render_trainer_config
 from cpt_operator.settings import NodePool, OperatorSettings
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
@@ -108,8 +108,9 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
     gpus = str(res.gpus_per_node)
     memory = str(res.memory if res.memory is not None else pool.memory)
     cpu = str(res.cpu if res.cpu is not None else pool.cpu)
+    retain = (names.retain_configmap_name(inputs.name), RETAIN_DIR) if inputs.policy.storage.pvc is not None else None
     volumes, mounts = volumes_and_mounts(
-        names.trainer_configmap_name(inputs.name), run_locations(inputs), settings.pvc_mount_root, shm=True
+        names.trainer_configmap_name(inputs.name), run_locations(inputs), settings.pvc_mount_root, shm=True, retain=retain
     )
     port = spec.trainer.metrics_port
     labels = names.run_labels(inputs.namespace, inputs.name, "trainer")

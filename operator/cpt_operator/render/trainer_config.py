@@ -33,9 +33,12 @@ from cpt_operator.api.common import Location, StorageLocation
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.render.locations import location_uri, run_prefix
+from cpt_trainer.contract import metrics as metric_names
 
 DEFAULT_PVC_ROOT = "/mnt/cpt/pvc"
-RETAIN_FILE_NAME = "retain.json"
+RETAIN_FILE_NAME = metric_names.RETAIN_FILE_NAME
+RETAIN_DIR = "/etc/cpt-retain"
+"""Where the trainer pod mounts the run's retain ConfigMap (PVC storage only)."""
 
 
 def total_steps(spec: CPTRunSpec) -> int:
@@ -129,7 +132,7 @@ def render_trainer_config(
         checkpoint=CheckpointConfig(
             interval=policy.save_interval,
             uri=checkpoint_uri,
-            retain_file=(checkpoint_uri + "/" + RETAIN_FILE_NAME) if policy.storage.pvc is not None else None,
+            retain_file=f"{RETAIN_DIR}/{RETAIN_FILE_NAME}" if policy.storage.pvc is not None else None,
         ),
         metrics=MetricsConfig(port=spec.trainer.metrics_port),
         s3=_s3_settings(policy.storage, spec.base_model.location, *(corpora[c.name].output for c in spec.corpora)),

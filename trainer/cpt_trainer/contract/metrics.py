@@ -44,6 +44,24 @@ GENERAL_REGRESSION = MetricSpec(
 EVAL_STEP = MetricSpec("cpt_eval_step", "gauge", "Step of the last completed evaluation.")
 LAST_CHECKPOINT_STEP = MetricSpec("cpt_last_checkpoint_step", "gauge", "Step of the newest complete checkpoint.")
 CHECKPOINT_FAILURES = MetricSpec("cpt_checkpoint_upload_failures_total", "counter", "Checkpoint saves or uploads that failed.")
+BASELINE_DOMAIN_PERPLEXITY = MetricSpec(
+    "cpt_baseline_domain_perplexity", "gauge", "Domain perplexity of the base model, measured before the first update."
+)
+# The checkpoints on a volume the operator cannot read itself (PVC storage): one series per
+# complete checkpoint (label `step`), carrying that checkpoint's own metrics.json values.
+# The trainer removes a checkpoint's series when it deletes the checkpoint.
+CHECKPOINT_PRESENT = MetricSpec(
+    "cpt_checkpoint_present", "gauge", "1 for each complete checkpoint on the run's volume.", RUN_LABELS + ("step",)
+)
+CHECKPOINT_DOMAIN_PERPLEXITY = MetricSpec(
+    "cpt_checkpoint_domain_perplexity", "gauge", "Domain perplexity recorded with the checkpoint.", RUN_LABELS + ("step",)
+)
+CHECKPOINT_GENERAL_SCORE = MetricSpec(
+    "cpt_checkpoint_general_score", "gauge", "General score recorded with the checkpoint.", RUN_LABELS + ("step", "eval")
+)
+CHECKPOINT_GENERAL_REGRESSION = MetricSpec(
+    "cpt_checkpoint_general_regression_ratio", "gauge", "General regression recorded with the checkpoint.", RUN_LABELS + ("step",)
+)
 
 TRAINER_METRICS: tuple[MetricSpec, ...] = (
     STEP,
@@ -60,7 +78,16 @@ TRAINER_METRICS: tuple[MetricSpec, ...] = (
     EVAL_STEP,
     LAST_CHECKPOINT_STEP,
     CHECKPOINT_FAILURES,
+    BASELINE_DOMAIN_PERPLEXITY,
+    CHECKPOINT_PRESENT,
+    CHECKPOINT_DOMAIN_PERPLEXITY,
+    CHECKPOINT_GENERAL_SCORE,
+    CHECKPOINT_GENERAL_REGRESSION,
 )
+
+CHECKPOINT_LISTING: tuple[MetricSpec, ...] = (
+    CHECKPOINT_PRESENT, CHECKPOINT_DOMAIN_PERPLEXITY, CHECKPOINT_GENERAL_SCORE, CHECKPOINT_GENERAL_REGRESSION,
+)  # fmt: skip
 
 # The operator's own metrics (no run labels: the operator is one process for all tenants;
 # labelled by `kind`/`result` where useful).
@@ -84,5 +111,7 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(m.name for m in TRAINER_METRICS + O
 
 # Name of the per-checkpoint metrics file (scores survive a lost scrape or a restart).
 CHECKPOINT_METRICS_FILE = "metrics.json"
+# The operator's retain list for checkpoints on a volume: a ConfigMap key the trainer pod mounts.
+RETAIN_FILE_NAME = "retain.json"
 # Marker file written last: a checkpoint folder without it is incomplete and ignored.
 CHECKPOINT_COMPLETE_MARKER = "COMPLETE"

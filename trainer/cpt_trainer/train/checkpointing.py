@@ -144,7 +144,6 @@ class CheckpointManager:
                 if final.exists():  # an older incomplete attempt at the same step
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                self.apply_retain_list()
         barrier()
         logger.info("checkpoint %s complete", name)
         return name
@@ -164,25 +163,48 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def apply_retain_list(self) -> list[str]:
-        """Delete local checkpoints the operator's retain list does not name (never the newest complete)."""
-        if self.remote or not self.cfg.retain_file:
+        """Delete the volume's checkpoints the operator's retain list lets go; returns their names.
+
+        The list is `{"keep": [names], "decidedThroughStep": N}`: only checkpoints at or before
+        step N that it does not name are deleted, so a checkpoint saved after the operator's
+        decision (the ConfigMap reaches the pod a minute or so late) is never lost, and the
+        newest complete checkpoint never goes. An unreadable list deletes nothing."""
+        if self.remote or not self.cfg.retain_file or not self.dist.is_main:
             return []
         path = Path(self.cfg.retain_file)
         if not path.is_file():
             return []
         try:
-            keep = set(json.loads(path.read_text(encoding="utf-8"))["keep"])
+            data = json.loads(path.read_text(encoding="utf-8"))
+            keep = {str(name) for name in data["keep"]}
+            through = data.get("decidedThroughStep")
+            through = int(through) if through is not None else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("retain list %s is unreadable (%s): deleting nothing", path, exc)
             return []
-        complete = self.complete_local()
-        newest = complete[-1] if complete else None
-        deleted = []
-        for folder in sorted(self.root.iterdir()):
-            if checkpoint_step(folder.name) is None or folder.name in keep or folder.name == newest:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            deleted.append(folder.name)
+        folders = [p.name for p in self.root.iterdir() if p.is_dir()]
+        deleted = retain_deletions(folders, self.complete_local(), keep, through)
+        for name in deleted:
+            marker = self.root / name / CHECKPOINT_COMPLETE_MARKER
+            marker.unlink(missing_ok=True)  # a half-deleted checkpoint must never look complete
+            shutil.rmtree(self.root / name, ignore_errors=True)
         if deleted:
             logger.info("retain list: deleted %d checkpoints (%s)", len(deleted), ", ".join(deleted))
         return deleted
+
+
+def retain_deletions(folders: list[str], complete: list[str], keep: set[str], through: int | None) -> list[str]:
+    """Which checkpoint folders a retain list deletes: step folders at or before `through`
+    (without it: at or before the newest step the list keeps) that it does not name, never
+    the newest complete one."""
+    newest = max(complete, key=checkpoint_step) if complete else None
+    if through is None:
+        kept_steps = [s for name in keep if (s := checkpoint_step(name)) is not None]
+        through = max(kept_steps) if kept_steps else -1
+    out = []
+    for name in folders:
+        step = checkpoint_step(name)
+        if step is None or name in keep or name == newest or step > through:
+            continue
+        out.append(name)
+    return sorted(out, key=lambda n: checkpoint_step(n) or 0)

@@ -34,6 +34,7 @@ class TrainerMetrics:
                 self._metrics[spec.name].labels(**self._run)
         self.port: int | None = None
         self._server = None
+        self._listed: dict[int, tuple[str, ...]] = {}  # step -> general eval names exported with it
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Start the endpoint (port 0 picks a free one); returns the bound port."""
@@ -78,6 +79,39 @@ class TrainerMetrics:
 
     def record_checkpoint(self, step: int) -> None:
         self._gauge(m.LAST_CHECKPOINT_STEP, step)
+
+    def list_checkpoint(self, step: int, metrics: dict) -> None:
+        """Export one complete checkpoint of a volume and the scores its metrics.json holds."""
+        label = str(step)
+        self._gauge(m.CHECKPOINT_PRESENT, 1, step=label)
+        if metrics.get("domain_perplexity") is not None:
+            self._gauge(m.CHECKPOINT_DOMAIN_PERPLEXITY, metrics["domain_perplexity"], step=label)
+        if metrics.get("general_regression") is not None:
+            self._gauge(m.CHECKPOINT_GENERAL_REGRESSION, metrics["general_regression"], step=label)
+        scores = dict(metrics.get("general_scores") or {})
+        for name, score in scores.items():
+            self._gauge(m.CHECKPOINT_GENERAL_SCORE, score, step=label, eval=name)
+        if metrics.get("baseline_domain_perplexity") is not None:
+            self._gauge(m.BASELINE_DOMAIN_PERPLEXITY, metrics["baseline_domain_perplexity"])
+        self._listed[step] = tuple(scores)
+
+    def unlist_checkpoint(self, step: int) -> None:
+        """Remove a deleted checkpoint's series."""
+        evals = self._listed.pop(step, ())
+        label = str(step)
+        for spec in (m.CHECKPOINT_PRESENT, m.CHECKPOINT_DOMAIN_PERPLEXITY, m.CHECKPOINT_GENERAL_REGRESSION):
+            try:
+                self._metrics[spec.name].remove(*self._run.values(), label)
+            except KeyError:
+                pass
+        for name in evals:
+            try:
+                self._metrics[m.CHECKPOINT_GENERAL_SCORE.name].remove(*self._run.values(), label, name)
+            except KeyError:
+                pass
+
+    def listed_checkpoints(self) -> list[int]:
+        return sorted(self._listed)
 
     def count_checkpoint_failure(self) -> None:
         self._metrics[m.CHECKPOINT_FAILURES.name].labels(**self._run).inc()

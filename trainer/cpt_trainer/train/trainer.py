@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from cpt_trainer.contract.config import TrainerConfig
-from cpt_trainer.train.checkpointing import CheckpointManager, _write_json
+from cpt_trainer.contract.metrics import CHECKPOINT_METRICS_FILE
+from cpt_trainer.train.checkpointing import CheckpointManager, _write_json, checkpoint_step
 from cpt_trainer.train.data_mixing import MixedSequenceStream
 from cpt_trainer.train.distributed import DistEnv, all_reduce_sum, any_rank
 from cpt_trainer.train.evaluation import EvalResult, Evaluator, general_regression
@@ -218,11 +219,41 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         try:
-            self.last_checkpoint = self.checkpoints.save(self.step, self._write_checkpoint, self.checkpoint_metrics())
+            metrics = self.checkpoint_metrics()
+            self.last_checkpoint = self.checkpoints.save(self.step, self._write_checkpoint, metrics)
             self.metrics.record_checkpoint(self.step)
+            if not self.checkpoints.remote:
+                self.metrics.list_checkpoint(self.step, metrics)
         except Exception:  # a failed upload must not end the run; the operator alerts on the counter
             logger.exception("checkpoint at step %d failed", self.step)
             self.metrics.count_checkpoint_failure()
+        self.apply_retain_list()
+
+    def apply_retain_list(self) -> None:
+        """Carry out the operator's rotation on a volume (PVC storage; S3 is rotated by the operator)."""
+        try:
+            for name in self.checkpoints.apply_retain_list():
+                step = checkpoint_step(name)
+                if step is not None:
+                    self.metrics.unlist_checkpoint(step)
+        except OSError:
+            logger.exception("applying the retain list failed; retried after the next save")
+
+    def list_volume_checkpoints(self) -> None:
+        """Export the volume's complete checkpoints (the operator's view of a PVC it cannot mount)."""
+        if self.checkpoints.remote or not self.dist.is_main:
+            return
+        import json
+
+        for name in self.checkpoints.complete_local():
+            step = checkpoint_step(name)
+            path = self.checkpoints.root / name / CHECKPOINT_METRICS_FILE
+            try:
+                metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except (OSError, ValueError):
+                metrics = {}
+            if step is not None:
+                self.metrics.list_checkpoint(step, metrics)
 
     def resume(self, name: str) -> None:
         import json
@@ -248,12 +279,15 @@ class Trainer:
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> str:
         """Run to `total_steps` (or a stop request); returns why it ended: "completed" or "stopped"."""
+        self.list_volume_checkpoints()
         if self.baseline is None:
             self.evaluate()  # before the first update
         while self.step < self.total_steps:
             self.train_step()
             if self.should_evaluate():
                 self.evaluate()
+                if not self.checkpoints.should_save(self.step):
+                    self.apply_retain_list()  # the operator's newest decision, without waiting for a save
             if self.checkpoints.should_save(self.step):
                 self.save_checkpoint()
             if any_rank(stop_requested(), self.device):
