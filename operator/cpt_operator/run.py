@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import socket
@@ -50,9 +51,12 @@ async def run_operator(args: argparse.Namespace) -> None:
     settings = load_settings(args.settings)
     namespaces = list(args.namespace) or list(settings.watch_namespaces)
     clusterwide = args.all_namespaces or not namespaces
+    settings.watch_namespaces = [] if clusterwide else namespaces  # the control loop serves what Kopf serves
     connection = ClusterConnection.detect()
-    ctx = OperatorContext(settings=settings, connection=connection, kube=KubeClient(connection))
+    identity = os.environ.get("POD_NAME") or f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}"
+    ctx = OperatorContext(settings=settings, connection=connection, kube=KubeClient(connection), identity=identity)
     await kopf.operator(
+        identity=identity,  # type: ignore[arg-type]  (kopf's Identity is a NewType of str)
         clusterwide=clusterwide,
         namespaces=[] if clusterwide else namespaces,
         standalone=args.standalone,

@@ -89,6 +89,7 @@ def declare_resources(emulator: kmock.KubernetesEmulator, crds: list[dict[str, A
     declare("v1/pods", "Pod", subresources=("status",))
     declare("batch/v1/jobs", "Job", subresources=("status",))
     declare("kubeflow.org/v1/pytorchjobs", "PyTorchJob", subresources=("status",))
+    declare("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", namespaced=False)
     for crd in crds:
         spec = crd["spec"]
         version = spec["versions"][0]
@@ -133,7 +134,9 @@ class OperatorProcess:
     not share the test's loop. Talks to the emulator over HTTP like a deployed operator."""
 
     def __init__(self, url: str, settings: OperatorSettings | None = None, store: CheckpointStore | None = None,
-                 tuning: Tuning | None = None):  # fmt: skip
+                 tuning: Tuning | None = None, peering_priority: int | None = None):  # fmt: skip
+        """With `peering_priority`, Kopf's cluster-wide peering is on (the ClusterKopfPeering
+        `tuning.peering_name` must exist); otherwise the operator runs standalone."""
         import cpt_operator.main  # noqa: F401  (registers the handlers)
 
         self.connection = ClusterConnection(server=url)
@@ -143,7 +146,9 @@ class OperatorProcess:
             settings=settings or test_settings(), connection=self.connection, kube=self.kube,
             checkpoint_store=store or NoopCheckpointStore(),
             tuning=tuning or Tuning(secret_retry_base=0.5, secret_retry_cap=1.0),
+            identity=f"test-operator-{uuid.uuid4().hex[:8]}",
         )  # fmt: skip
+        self.peering_priority = peering_priority
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
@@ -157,7 +162,9 @@ class OperatorProcess:
 
         async def body() -> None:
             self.task = asyncio.current_task()  # type: ignore[assignment]
-            await kopf.operator(clusterwide=True, standalone=True, memo=kopf.Memo(ctx=self.ctx),
+            peered = self.peering_priority is not None
+            await kopf.operator(clusterwide=True, standalone=not peered, priority=self.peering_priority or 0,
+                                identity=self.ctx.identity, memo=kopf.Memo(ctx=self.ctx),  # type: ignore[arg-type]
                                 stop_flag=self.stop_flag, ready_flag=self.ready)  # fmt: skip
 
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cpt_operator.checkpoint_store import CheckpointStore, NoopCheckpointStore
+from cpt_operator.handlers.leadership import Peering
 from cpt_operator.kube import ClusterConnection, KubeClient
 from cpt_operator.settings import OperatorSettings
 
@@ -31,6 +32,10 @@ class OperatorContext:
     kube: KubeClient
     checkpoint_store: CheckpointStore = field(default_factory=NoopCheckpointStore)
     tuning: Tuning = field(default_factory=Tuning)
+    identity: str | None = None
+    """This replica's peering identity (passed to kopf.operator); None: Kopf picks one."""
+    peering: Peering | None = None
+    """Filled in at startup when peering is on: the control loop follows Kopf's leader."""
 
 
 def login_info(ctx: OperatorContext) -> Any:

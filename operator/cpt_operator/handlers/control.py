@@ -28,6 +28,7 @@ from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, c
 from cpt_operator.api.common import API_VERSION
 from cpt_operator.control.storage import CheckpointStore, S3CheckpointStore, VolumeCheckpointStore
 from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.handlers.leadership import Leadership
 from cpt_operator.render import names as objnames
 from cpt_operator.render.configmap import render_configmap
 from cpt_operator.render.locations import run_prefix
@@ -169,10 +170,13 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         await post_event(ctx, body, type_, reason, message)
 
 
-async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None) -> int:
-    """One pass over every active run in the watched namespaces; returns how many were visited."""
+async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None, leadership: Leadership | None = None) -> int:
+    """One pass over every active run in the watched namespaces this replica leads; returns
+    how many runs were visited."""
     visited = 0
     for namespace in ctx.settings.watch_namespaces or [""]:
+        if leadership is not None and not await leadership.active(namespace):
+            continue  # another replica is active (Kopf's peering): it runs the loop
         for body in await ctx.kube.list(kube.CPTRUNS, namespace):
             if (body.get("status") or {}).get("phase") not in ACTIVE_PHASES:
                 continue
@@ -188,9 +192,10 @@ async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None) -> i
 async def control_loop(ctx: OperatorContext, stop: asyncio.Event) -> None:
     """Run `control_pass` every `control_interval_seconds` until `stop` is set."""
     prom = prometheus_client_for(ctx)
+    leadership = Leadership(ctx.kube, ctx.peering)
     while not stop.is_set():
         try:
-            await control_pass(ctx, prom)
+            await control_pass(ctx, prom, leadership)
         except Exception:
             ERRORS.labels("control").inc()
             logger.exception("control pass failed")

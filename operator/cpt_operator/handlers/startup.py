@@ -12,6 +12,7 @@ from kopf._cogs.structs import bodies
 
 from cpt_operator.api.common import GROUP
 from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.handlers.leadership import Peering
 
 FINALIZER = f"{GROUP}/delete-checkpoints"
 DIFFBASE_KEY = "last-handled-digest"
@@ -69,3 +70,7 @@ def configure_kopf(settings: kopf.OperatorSettings, ctx: OperatorContext) -> Non
     if not settings.peering.standalone:
         settings.peering.name = ctx.tuning.peering_name
         settings.peering.mandatory = True
+        # The control loop is not a Kopf handler: it follows the same peering (handlers/leadership).
+        if ctx.identity is None:
+            raise RuntimeError("peering needs the replica's identity in OperatorContext.identity (cpt_operator.run sets it)")
+        ctx.peering = Peering(settings.peering.name, ctx.identity, settings.peering.priority, settings.peering.clusterwide)
