@@ -202,7 +202,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
             [{"step": int(eval_step), "domainPerplexity": m.get(names.DOMAIN_PERPLEXITY), "generalRegression": m.get(names.GENERAL_REGRESSION)}],
         )
 
-    records = list(status.get("checkpoints") or [])
+    records = [dict(r) for r in status.get("checkpoints") or []]  # never edit the caller's status
     baseline_domain = None
     store_ok = inputs.store is not None
     if inputs.store is not None:
@@ -227,7 +227,9 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         for r in live
     ]
     decision = select_checkpoints_to_keep(ckpts, policy, threshold, baseline_domain)
-    for r in records:
+    # Without a readable store the records are last pass's, without the baseline that scores
+    # them: they stay exactly as recorded (keptFor, scores, bestCheckpoint) until it answers.
+    for r in records if store_ok else []:
         if not r.get("deleted"):
             ck = next(c for c in ckpts if c.step == int(r["step"]))
             r["keptFor"] = list(decision.keep.get(int(r["step"]), []))
@@ -259,7 +261,8 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     if store_ok and inputs.store is not None and inputs.store.deletes_later:
         listed = [c.step for c in inputs.store.list_complete()]
         out.retain = retain_list([int(r["step"]) for r in records if not r.get("deleted")], listed)
-    if decision.best is not None:
+    best_step = decision.best if store_ok else (status.get("bestCheckpoint") or {}).get("step")
+    if decision.best is not None and store_ok:
         best = next(r for r in records if int(r["step"]) == decision.best)
         patch["bestCheckpoint"] = {"step": decision.best, "uri": best["uri"], "metric": policy.best_metric,
                                    **({"value": best["compositeScore"]} if "compositeScore" in best else {})}  # fmt: skip
@@ -282,8 +285,8 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     message = forgetting.message(threshold, inputs.spec.evaluation.patience)
     if forgetting.exceeded:
         action = inputs.spec.evaluation.action
-        if decision.best is not None:
-            message += f"; best eligible checkpoint: step {decision.best}"
+        if best_step is not None:
+            message += f"; best eligible checkpoint: step {best_step}"
         conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
         patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": action}
         if not already:

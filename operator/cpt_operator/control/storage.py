@@ -9,6 +9,7 @@ refused (`DeletionRefused`), whatever put it in the status.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
+
+logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -52,6 +55,17 @@ class CheckpointStore(Protocol):
     def read_metrics(self, step: int) -> dict[str, Any] | None: ...
     def delete(self, uri: str) -> None: ...
     def delete_run(self) -> int: ...
+
+
+def parse_metrics(body: bytes | str, where: str) -> dict[str, Any] | None:
+    """A checkpoint's metrics.json; an unreadable one counts as missing (the checkpoint stays
+    listed, without scores), so one corrupt file cannot stop every later pass."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        logger.warning("ignoring unreadable %s: %s", where, exc)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -115,7 +129,7 @@ class S3CheckpointStore:
         return sorted(out, key=lambda c: c.step)
 
     def read_metrics(self, step: int) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         key = f"{self.key_prefix}/{step_dir_name(step)}/{CHECKPOINT_METRICS_FILE}"
         try:
@@ -124,7 +138,9 @@ class S3CheckpointStore:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise StorageError(f"S3 get_object {key} failed: {exc}") from None
-        return json.loads(body)
+        except BotoCoreError as exc:  # connection reset, timeout, a broken response stream
+            raise StorageError(f"S3 get_object {key} failed: {exc}") from None
+        return parse_metrics(body, f"s3://{self.bucket}/{key}")
 
     def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
@@ -171,7 +187,7 @@ class LocalCheckpointStore:
 
     def read_metrics(self, step: int) -> dict[str, Any] | None:
         path = Path(self.prefix) / step_dir_name(step) / CHECKPOINT_METRICS_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return parse_metrics(path.read_bytes(), str(path)) if path.is_file() else None
 
     def delete(self, uri: str) -> None:
         step = confined_step(self.prefix, uri)
