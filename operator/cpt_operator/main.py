@@ -17,7 +17,7 @@ from cpt_operator.handlers.context import context_of, login_info
 from cpt_operator.render.names import LABEL_CORPUS, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
-DELETION_RETRIES = 8  # then the finalizer is released anyway: deletion is never blocked forever
+DELETION_RETRIES = 30  # about 5 min of waits (a cleanup Job pulls its image); then the finalizer is released anyway
 DELETION_BACKOFF = 15.0
 
 

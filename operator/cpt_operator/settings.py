@@ -70,6 +70,10 @@ class OperatorSettings(BaseSettings):
     backoff_limit: int = Field(3, ge=0, description="PyTorchJob/Job backoffLimit.")
     watch_namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: cluster-wide.")
     pvc_mount_root: str = Field("/mnt/cpt/pvc", description="Where PVCs are mounted in trainer pods.")
+    cleanup_image: str = Field(
+        "ghcr.io/cpt-operator/operator:0.1.0",
+        description="Image of the Job that deletes a run's PVC checkpoints with it (the operator's own image).",
+    )
     operator_metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics.")
 
     def pool(self, name: str) -> NodePool | None:

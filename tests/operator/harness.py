@@ -20,7 +20,7 @@ import kmock
 import kopf
 import yaml
 
-from cpt_operator.checkpoint_store import CheckpointStore, NoopCheckpointStore
+from cpt_operator.checkpoint_store import RunCheckpointsDeleter
 from cpt_operator.handlers.context import OperatorContext, Tuning
 from cpt_operator.kube import ClusterConnection, KubeClient
 from cpt_operator.settings import OperatorSettings
@@ -119,13 +119,13 @@ class RecordingCheckpointStore:
         self.client = client
         self.calls: list[tuple[str, str, bool]] = []
 
-    async def delete_run_checkpoints(self, namespace: str, run: str, storage: Any) -> int:
+    async def delete_run_checkpoints(self, namespace: str, run: str, storage: Any) -> str:
         from cpt_operator import kube
         from cpt_operator.render.names import pytorchjob_name
 
         job_exists = await self.client.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(run)) is not None
         self.calls.append((namespace, run, job_exists))
-        return 3
+        return "recorded"
 
 
 class OperatorProcess:
@@ -133,7 +133,7 @@ class OperatorProcess:
     KopfRunner does: Kopf cancels every task of its loop that it did not start, so it must
     not share the test's loop. Talks to the emulator over HTTP like a deployed operator."""
 
-    def __init__(self, url: str, settings: OperatorSettings | None = None, store: CheckpointStore | None = None,
+    def __init__(self, url: str, settings: OperatorSettings | None = None, store: RunCheckpointsDeleter | None = None,
                  tuning: Tuning | None = None, peering_priority: int | None = None):  # fmt: skip
         """With `peering_priority`, Kopf's cluster-wide peering is on (the ClusterKopfPeering
         `tuning.peering_name` must exist); otherwise the operator runs standalone."""
@@ -144,7 +144,7 @@ class OperatorProcess:
         self.kube.calls = []
         self.ctx = OperatorContext(
             settings=settings or test_settings(), connection=self.connection, kube=self.kube,
-            checkpoint_store=store or NoopCheckpointStore(),
+            checkpoint_store=store,
             tuning=tuning or Tuning(secret_retry_base=0.5, secret_retry_cap=1.0),
             identity=f"test-operator-{uuid.uuid4().hex[:8]}",
         )  # fmt: skip

@@ -165,6 +165,7 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
   "price_per_gpu_hour" $s.pricePerGpuHour
   "backoff_limit" $s.backoffLimit
   "pvc_mount_root" $s.pvcMountRoot
+  "cleanup_image" (include "cpt-operator.image" .)
   "operator_metrics_port" .Values.metrics.port
   "watch_namespaces" (ternary (list) (.Values.rbac.watchNamespaces | default list) (eq .Values.rbac.scope "cluster"))
 }}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpt_operator.checkpoint_store import CheckpointStore, NoopCheckpointStore
+from cpt_operator.checkpoint_store import RunCheckpointsDeleter
 from cpt_operator.handlers.leadership import Peering
 from cpt_operator.kube import ClusterConnection, KubeClient
 from cpt_operator.settings import OperatorSettings
@@ -30,7 +30,8 @@ class OperatorContext:
     settings: OperatorSettings
     connection: ClusterConnection
     kube: KubeClient
-    checkpoint_store: CheckpointStore = field(default_factory=NoopCheckpointStore)
+    checkpoint_store: RunCheckpointsDeleter | None = None
+    """Deletes a run's checkpoints with it (deleteWithRun); None: handlers.deletion.ClusterCheckpointDeleter."""
     tuning: Tuning = field(default_factory=Tuning)
     identity: str | None = None
     """This replica's peering identity (passed to kopf.operator); None: Kopf picks one."""

@@ -10,7 +10,6 @@ RBAC list already grants them); writes are merge patches of the fields this loop
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import json
@@ -26,9 +25,10 @@ from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient
 from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
 from cpt_operator.api.common import API_VERSION
-from cpt_operator.control.storage import CheckpointStore, S3CheckpointStore, VolumeCheckpointStore
+from cpt_operator.control.storage import CheckpointStore, VolumeCheckpointStore
 from cpt_operator.handlers.context import OperatorContext
 from cpt_operator.handlers.leadership import Leadership
+from cpt_operator.handlers.stores import CredentialsMissing, s3_store_for
 from cpt_operator.render import names as objnames
 from cpt_operator.render.configmap import render_configmap
 from cpt_operator.render.locations import run_prefix
@@ -57,27 +57,6 @@ def prometheus_client_for(ctx: OperatorContext) -> PrometheusClient | None:
         with open(s.prometheus_bearer_token_file, encoding="utf-8") as fh:
             token = fh.read().strip()
     return PrometheusClient(s.prometheus_url, bearer_token=token, ca_file=s.prometheus_ca_file)
-
-
-async def s3_store_for(ctx: OperatorContext, namespace: str, name: str, policy: CheckpointPolicySpec) -> CheckpointStore | None:
-    """The run's S3 checkpoint store, with the tenant's own credentials (read, never copied);
-    None for a PVC or when the Secret lacks its keys (the reconcile reports that)."""
-    s3 = policy.storage.s3
-    if s3 is None:
-        return None
-    import boto3
-
-    kwargs: dict[str, Any] = {"endpoint_url": s3.endpoint, "region_name": s3.region}
-    if s3.credentials_secret is not None:
-        secret = await ctx.kube.get(kube.SECRETS, namespace, s3.credentials_secret.name)
-        data = (secret or {}).get("data") or {}
-        try:
-            kwargs["aws_access_key_id"] = base64.b64decode(data[s3.credentials_secret.access_key_id_key]).decode()
-            kwargs["aws_secret_access_key"] = base64.b64decode(data[s3.credentials_secret.secret_access_key_key]).decode()
-        except KeyError:
-            return None
-    client = boto3.client("s3", **kwargs)
-    return S3CheckpointStore(run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root), client)
 
 
 async def post_event(ctx: OperatorContext, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -144,7 +123,10 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         prefix = run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root)
         store = VolumeCheckpointStore(prefix, metrics.volume_checkpoints, metrics.baseline_domain_perplexity) if metrics else None
     else:
-        store = await s3_store_for(ctx, namespace, name, policy)
+        try:
+            store = await s3_store_for(ctx, namespace, name, policy.storage)
+        except CredentialsMissing:
+            store = None  # the reconcile reports the Secret; nothing is deleted meanwhile
     resume = (meta.get("annotations") or {}).get(RESUME_ANNOTATION)
     inputs = ControlInputs(
         namespace, name, meta.get("generation"), spec, policy, status, metrics, error, store, time.time(),

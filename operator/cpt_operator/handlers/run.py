@@ -24,6 +24,8 @@ from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.immutable import changed_immutable_fields
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
 from cpt_operator.decide.suspend import initial_suspend, suspend_patch
+from cpt_operator.checkpoint_store import CheckpointsKept
+from cpt_operator.handlers.deletion import ClusterCheckpointDeleter
 from cpt_operator.handlers.common import check_secret, conditions_with, ensure_object, secret_retry, write_status
 from cpt_operator.handlers.context import context_of
 from cpt_operator.handlers.indexes import first, run_dependencies
@@ -229,8 +231,15 @@ async def delete_run(
         kopf.warn(body, reason="CheckpointsNotDeleted", message=f"CheckpointPolicy {policy_name!r} not found; checkpoints were kept")
         return
     policy = CheckpointPolicySpec.model_validate(policy_body["spec"])
-    deleted = await ctx.checkpoint_store.delete_run_checkpoints(namespace, name, policy.storage)
-    logger.info("deleted %d checkpoints of %s/%s", deleted, namespace, name)
+    deleter = ctx.checkpoint_store or ClusterCheckpointDeleter(ctx)
+    try:
+        done = await deleter.delete_run_checkpoints(namespace, name, policy.storage)
+    except CheckpointsKept as exc:
+        logger.warning("checkpoints of %s/%s kept: %s", namespace, name, exc)
+        kopf.warn(body, reason="CheckpointsNotDeleted", message=c.truncate_message(str(exc)))
+        return
+    logger.info("checkpoints of %s/%s: %s", namespace, name, done)
+    kopf.info(body, reason="CheckpointsDeleted", message=c.truncate_message(done))
 
 
 def deletes_checkpoints(status: Any, **_: Any) -> bool:

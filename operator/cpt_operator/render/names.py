@@ -81,6 +81,11 @@ def retain_configmap_name(run: str) -> str:
     return derived_name(run, "-retain", MAX_NAME)
 
 
+def cleanup_job_name(run: str) -> str:
+    """The Job deleting a run's PVC checkpoints with it (deleteWithRun)."""
+    return derived_name(run, "-cleanup", MAX_JOB_NAME, must_start_with_letter=True)
+
+
 def curation_job_name(corpus: str) -> str:
     return derived_name(corpus, "-curate", MAX_JOB_NAME, must_start_with_letter=True)
 

@@ -1,0 +1,72 @@
+"""Deleting a run's checkpoints with it (CheckpointPolicy deleteWithRun), for real.
+
+S3: `S3CheckpointStore.delete_run` with the tenant's credentials, confined to the run's own
+prefix; a storage error is retried. PVC: a cleanup Job in the tenant's namespace mounts the
+claim and deletes the run's step folders (`cpt_operator.cleanup`); the handler is called
+again until the Job has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from cpt_operator import kube
+from cpt_operator.api.common import StorageLocation
+from cpt_operator.checkpoint_store import CheckpointsKept
+from cpt_operator.control.storage import StorageError
+from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.handlers.stores import CredentialsMissing, s3_store_for
+from cpt_operator.render import names
+from cpt_operator.render.cleanup_job import render_cleanup_job
+
+WAIT_SECONDS = 10.0
+
+
+def job_outcome(job: dict[str, Any]) -> str | None:
+    """"Complete", "Failed", or None while it runs (batch/v1 Job conditions)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return str(cond["type"])
+    return None
+
+
+class ClusterCheckpointDeleter:
+    def __init__(self, ctx: OperatorContext):
+        self.ctx = ctx
+
+    async def delete_run_checkpoints(self, namespace: str, run: str, storage: StorageLocation) -> str:
+        if storage.s3 is not None:
+            return await self._delete_s3(namespace, run, storage)
+        return await self._delete_pvc(namespace, run, storage)
+
+    async def _delete_s3(self, namespace: str, run: str, storage: StorageLocation) -> str:
+        try:
+            store = await s3_store_for(self.ctx, namespace, run, storage)
+        except CredentialsMissing as exc:
+            raise CheckpointsKept(f"{exc}; the checkpoints below {storage.s3.uri} were kept") from None  # type: ignore[union-attr]
+        try:
+            deleted = await asyncio.to_thread(store.delete_run)
+        except StorageError as exc:
+            raise kopf.TemporaryError(f"deleting the checkpoints failed, retrying: {exc}", delay=WAIT_SECONDS) from None
+        return f"deleted {deleted} object(s) below {store.prefix}/"
+
+    async def _delete_pvc(self, namespace: str, run: str, storage: StorageLocation) -> str:
+        job_name = names.cleanup_job_name(run)
+        job = await self.ctx.kube.get(kube.JOBS, namespace, job_name)
+        if job is None:
+            body = render_cleanup_job(namespace, run, storage, self.ctx.settings)
+            try:
+                await self.ctx.kube.create(kube.JOBS, namespace, body)
+            except kube.Conflict:
+                pass
+            raise kopf.TemporaryError(f"cleanup Job {job_name} created; waiting for it to delete the checkpoints", delay=WAIT_SECONDS)
+        outcome = job_outcome(job)
+        if outcome is None:
+            raise kopf.TemporaryError(f"waiting for cleanup Job {job_name}", delay=WAIT_SECONDS)
+        claim = storage.pvc.claim_name  # type: ignore[union-attr]
+        if outcome == "Failed":
+            raise CheckpointsKept(f"cleanup Job {job_name} failed; the checkpoints on PVC {claim!r} were kept (see its pod's log)")
+        return f"cleanup Job {job_name} deleted the checkpoints on PVC {claim!r}"
