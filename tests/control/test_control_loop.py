@@ -121,6 +121,23 @@ def test_degrading_run_halts_after_patience(tmp_path, legal):
     assert 1000 in {c.step for c in store.list_complete()}
 
 
+def test_a_halt_whose_condition_a_stale_writer_dropped_is_not_announced_twice(tmp_path, legal):
+    spec, policy = legal
+    store = LocalCheckpointStore(tmp_path)
+    status: dict = {"phase": "Running"}
+    now = time.time()
+    for i, regression in enumerate([0.05, 0.06, 0.07], start=1):
+        write_ckpt(tmp_path, i * 500, 25.0 - i, regression)
+        out = control_step(inputs(spec, policy, status, metrics(i * 500, regression, now), store, now))
+        status = {**status, **copy.deepcopy(out.status_patch)}
+    assert out.halt and status["phase"] == "Halted"
+    # A reconcile working from an older body rewrote the condition list without ours.
+    status["conditions"] = [c for c in status["conditions"] if c["type"] != FORGETTING]
+    again = control_step(inputs(spec, policy, status, metrics(1500, 0.07, now + 30), store, now + 30))
+    assert again.events == [] and not again.halt
+    assert cond({**status, **again.status_patch}, FORGETTING)["status"] == "True"  # restored, quietly
+
+
 def test_warn_action_only_conditions_and_events(tmp_path, legal):
     spec, policy = legal
     spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"action": "Warn", "patience": 1})})

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import attrs
 import kmock
 import kopf
 import yaml
@@ -40,6 +41,13 @@ def load_crds() -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{path} is missing: run `python -m cpt_operator.api.crdgen`")
         crds.append(yaml.safe_load(path.read_text()))
     return crds
+
+
+@attrs.frozen
+class ResourceVersionConflict(kmock.KubernetesError):
+    status: int = 409
+    reason: str = "Conflict"
+    message: str = "the object has been modified; please apply your changes to the latest version and try again"
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -67,6 +75,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 key = (request.resource, request.namespace, request.name)
                 if key in self.objects and not self.objects[key].deleted:
                     old = self.objects[key]
+                    # A patch naming a resourceVersion is a precondition, as on a real API server.
+                    wanted = meta.get("resourceVersion")
+                    if wanted is not None and str(wanted) != str((old.get("metadata") or {}).get("resourceVersion")):
+                        raise ResourceVersionConflict()
                     if request.subresource is None and "spec" in data and data["spec"] != old.get("spec"):
                         meta["generation"] = int((old.get("metadata") or {}).get("generation") or 1) + 1
                 meta["resourceVersion"] = str(next(self._rv))

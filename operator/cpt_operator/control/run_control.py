@@ -272,7 +272,9 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     forgetting = decide_forgetting(
         [EvalPoint(int(e["step"]), e.get("generalRegression")) for e in counted], threshold, inputs.spec.evaluation.patience
     )
-    already = any(c["type"] == FORGETTING and c["status"] == "True" for c in conditions)
+    # Decided before (its condition, or status.halt if a stale writer dropped the condition):
+    # the Event is not posted again.
+    already = any(c["type"] == FORGETTING and c["status"] == "True" for c in conditions) or bool(status.get("halt"))
     halt_step = (status.get("halt") or {}).get("step")
     if already and resume_after is not None and halt_step is not None and resume_after >= int(halt_step) and not forgetting.exceeded:
         # The tenant resumed explicitly: clear the halt; the monitor watches the evaluations after it.

@@ -45,6 +45,7 @@ ERRORS = Counter(names.OPERATOR_ERRORS.name.removesuffix("_total"), names.OPERAT
 ROTATIONS = Counter(names.OPERATOR_ROTATIONS.name.removesuffix("_total"), names.OPERATOR_ROTATIONS.help)
 DELETIONS = Counter(names.OPERATOR_DELETIONS.name.removesuffix("_total"), names.OPERATOR_DELETIONS.help)
 HALTS = Counter(names.OPERATOR_HALTS.name.removesuffix("_total"), names.OPERATOR_HALTS.help)
+CONFLICTS = Counter(names.OPERATOR_STATUS_CONFLICTS.name.removesuffix("_total"), names.OPERATOR_STATUS_CONFLICTS.help)
 QUERY_SECONDS = Histogram(names.OPERATOR_QUERY_SECONDS.name, names.OPERATOR_QUERY_SECONDS.help)
 
 
@@ -147,7 +148,15 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     if out.retain is not None:
         await write_retain_list(ctx, body, out.retain)
     if out.status_patch:
-        await ctx.kube.patch_status(kube.CPTRUNS, namespace, name, {"status": out.status_patch})
+        # Conditional on the version this pass read: a reconcile that wrote meanwhile is never
+        # overwritten with older data; this pass's decisions are redone on the next one.
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": out.status_patch}
+        try:
+            await ctx.kube.patch_status(kube.CPTRUNS, namespace, name, patch)
+        except kube.Conflict:
+            CONFLICTS.inc()
+            logger.info("CPTRun %s/%s changed during the control pass; its status is written on the next pass", namespace, name)
+            return
     for type_, reason, message in out.events:
         await post_event(ctx, body, type_, reason, message)
 

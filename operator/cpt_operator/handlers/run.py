@@ -191,6 +191,8 @@ async def reconcile_run(
             await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name,
                                  {"metadata": {"annotations": {names.ANNOTATION_CONFIG_DIGEST: digest(config_text)}}})  # fmt: skip
         wanted = suspend_patch(run.suspend, run.resources.queue_name, view.suspend, halted)
+        if wanted is False and await halted_meanwhile(ctx, namespace, name):
+            wanted = None  # this event's body predates the control loop's halt: never un-suspend it
         if wanted is not None and current_phase not in TERMINAL_PHASES:
             patched = await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name, {"spec": {"runPolicy": {"suspend": wanted}}})
             if patched is not None:
@@ -204,6 +206,14 @@ async def reconcile_run(
     if phase in TERMINAL_PHASES and not current.get("completedAt"):
         desired["completedAt"] = now
     finish(phase)
+
+
+async def halted_meanwhile(ctx: Any, namespace: str, name: str) -> bool:
+    """A fresh read before un-suspending: the forgetting monitor may have halted the run after
+    the event this reconcile handles was sent."""
+    fresh = await ctx.kube.get(kube.CPTRUNS, namespace, name)
+    st = (fresh or {}).get("status") or {}
+    return st.get("phase") == "Halted" or (st.get("halt") or {}).get("action") == "Halt"
 
 
 async def delete_run(

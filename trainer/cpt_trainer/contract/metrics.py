@@ -96,6 +96,9 @@ OPERATOR_ERRORS = MetricSpec("cpt_operator_errors_total", "counter", "Reconcilia
 OPERATOR_ROTATIONS = MetricSpec("cpt_operator_checkpoint_rotations_total", "counter", "Checkpoint rotations applied.", ())
 OPERATOR_DELETIONS = MetricSpec("cpt_operator_checkpoint_deletions_total", "counter", "Checkpoints deleted by policy.", ())
 OPERATOR_HALTS = MetricSpec("cpt_operator_halts_total", "counter", "Runs halted for forgetting.", ())
+OPERATOR_STATUS_CONFLICTS = MetricSpec(
+    "cpt_operator_status_conflicts_total", "counter", "Control-pass status writes refused because the run changed meanwhile.", ()
+)
 OPERATOR_QUERY_SECONDS = MetricSpec("cpt_operator_query_seconds", "histogram", "Latency of Prometheus queries, seconds.", ())
 
 OPERATOR_METRICS: tuple[MetricSpec, ...] = (
@@ -104,6 +107,7 @@ OPERATOR_METRICS: tuple[MetricSpec, ...] = (
     OPERATOR_ROTATIONS,
     OPERATOR_DELETIONS,
     OPERATOR_HALTS,
+    OPERATOR_STATUS_CONFLICTS,
     OPERATOR_QUERY_SECONDS,
 )
 
