@@ -138,13 +138,6 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     if out.deleted:
         ROTATIONS.inc()
         DELETIONS.inc(len(out.deleted))
-    job_name = status.get("pytorchJobName")
-    if out.halt and job_name:
-        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
-        HALTS.inc()
-        logger.info("halted CPTRun %s/%s: PyTorchJob %s suspended", namespace, name, job_name)
-    if out.resumed and job_name and not spec.suspend and not spec.resources.queue_name:
-        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": False}}})
     if out.retain is not None:
         await write_retain_list(ctx, body, out.retain)
     if out.status_patch:
@@ -157,6 +150,21 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
             CONFLICTS.inc()
             logger.info("CPTRun %s/%s changed during the control pass; its status is written on the next pass", namespace, name)
             return
+    # The job only after the status: the job's change wakes the run's reconcile, which must
+    # already read phase Halted (or Running, on a resume) and so agree with the suspension.
+    job_name = status.get("pytorchJobName")
+    if out.halt and job_name:
+        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
+        HALTS.inc()
+        logger.info("halted CPTRun %s/%s: PyTorchJob %s suspended", namespace, name, job_name)
+    elif status.get("phase") == "Halted" and not out.resumed and job_name:
+        # Halted by an earlier pass whose job patch did not land (error, restart): finish it.
+        job = await ctx.kube.get(kube.PYTORCHJOBS, namespace, job_name)
+        if job is not None and ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend") is not True:
+            await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
+            logger.info("re-suspended PyTorchJob %s of the halted CPTRun %s/%s", job_name, namespace, name)
+    if out.resumed and job_name and not spec.suspend and not spec.resources.queue_name:
+        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": False}}})
     for type_, reason, message in out.events:
         await post_event(ctx, body, type_, reason, message)
 

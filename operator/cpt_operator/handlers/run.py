@@ -200,6 +200,9 @@ async def reconcile_run(
                 logger.info("set suspend=%s on PyTorchJob %s/%s", wanted, namespace, view.name)
 
     phase = _mirror_job(updates, view, run)
+    if phase == "Suspended" and not halted and not run.suspend and not run.resources.queue_name:
+        # Suspended by no one this body knows of: the forgetting monitor, after this event was sent.
+        halted = await halted_meanwhile(ctx, namespace, name)
     desired["startedAt"] = current.get("startedAt") or now
     desired["pytorchJobName"] = view.name
     desired["configMapName"] = configmap["metadata"]["name"]
