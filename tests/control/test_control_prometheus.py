@@ -98,3 +98,17 @@ def test_evaluations_between_control_passes_are_recovered_by_a_range_query(prome
         assert [(e["step"], e["generalRegression"]) for e in evals] == [(100, 0.01), (200, 0.05), (300, 0.07)]
     finally:
         server.shutdown()
+
+
+def test_the_evaluation_window_reaches_back_to_the_last_pass_after_an_outage():
+    from cpt_operator.control.prometheus import MAX_RECOVERY_SECONDS, evaluation_window
+    from cpt_operator.handlers.control import last_pass_time
+
+    now = 1_800_000_000.0
+    assert evaluation_window(None, now, 30) == (150, 5.0)  # first pass: two missed passes' worth
+    assert evaluation_window(now - 30, now, 30) == (150, 5.0)  # the normal cadence
+    window, step = evaluation_window(now - 2 * 3600, now, 30)  # the operator was down two hours
+    assert window == 2 * 3600 + 60 and step == pytest.approx(window / 2000)
+    assert evaluation_window(now - 30 * 3600, now, 30)[0] == MAX_RECOVERY_SECONDS
+    assert last_pass_time({"metrics": {"updatedAt": "2027-01-15T08:00:00Z"}}) == 1_800_000_000.0
+    assert last_pass_time({}) is None and last_pass_time({"metrics": {"updatedAt": "garbage"}}) is None

@@ -16,6 +16,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from cpt_trainer.contract import metrics as names
 
 
+MAX_RECOVERY_SECONDS = 6 * 3600.0
+"""The longest gap the evaluation range query reaches back over (an operator down for hours)."""
+MAX_RANGE_POINTS = 2000
+
+
+def evaluation_window(last_pass: float | None, now: float, interval: float) -> tuple[float, float]:
+    """(window, step) of the range query that recovers the evaluations since the last pass.
+
+    Normally three intervals plus a minute (two missed passes); after a longer gap (the
+    operator was down, Prometheus was unreachable) back to the last pass that wrote the
+    status, at most MAX_RECOVERY_SECONDS, with a step that keeps the answer small."""
+    window = 3 * interval + 60
+    if last_pass is not None and now - last_pass + 60 > window:
+        window = min(now - last_pass + 60, MAX_RECOVERY_SECONDS)
+    return window, max(5.0, window / MAX_RANGE_POINTS)
+
+
 class MetricsUnavailable(Exception):
     """Prometheus (or the trainer endpoint) could not be read."""
 

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from cpt_operator import kube
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient
+from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient, evaluation_window
 from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
 from cpt_operator.api.common import API_VERSION
 from cpt_operator.control.storage import CheckpointStore, VolumeCheckpointStore
@@ -77,6 +77,17 @@ async def post_event(ctx: OperatorContext, body: dict[str, Any], type_: str, rea
         logger.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
 
+def last_pass_time(status: dict[str, Any]) -> float | None:
+    """When a control pass last wrote fresh metrics (status.metrics.updatedAt)."""
+    text = (status.get("metrics") or {}).get("updatedAt")
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: dict[str, Any]) -> None:
     """Create or update the run's retain ConfigMap (owned by the run), only when it changed."""
     meta = body["metadata"]
@@ -109,9 +120,10 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         error = "no Prometheus is configured (operator setting prometheusUrl)"
     else:
         try:
-            # The window covers two missed passes, so an evaluation between passes is never lost.
-            window = 3 * ctx.settings.control_interval_seconds + 60
-            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name, window)
+            # Back to the last pass that wrote this run's status, so an evaluation made while the
+            # operator was down or Prometheus unreachable is not lost.
+            window, step = evaluation_window(last_pass_time(status), time.time(), ctx.settings.control_interval_seconds)
+            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name, window, step)
         except MetricsUnavailable as exc:
             error = str(exc)
         finally:
