@@ -107,8 +107,9 @@ def test_the_evaluation_window_reaches_back_to_the_last_pass_after_an_outage():
     now = 1_800_000_000.0
     assert evaluation_window(None, now, 30) == (150, 5.0)  # first pass: two missed passes' worth
     assert evaluation_window(now - 30, now, 30) == (150, 5.0)  # the normal cadence
-    window, step = evaluation_window(now - 2 * 3600, now, 30)  # the operator was down two hours
-    assert window == 2 * 3600 + 60 and step == pytest.approx(window / 2000)
+    assert evaluation_window(now - 2 * 3600, now, 30) == (2 * 3600 + 60, 5.0)  # the operator was down two hours
+    window, step = evaluation_window(now - 5 * 3600, now, 30)  # five: a coarser step, at most 2,000 points
+    assert window == 5 * 3600 + 60 and step == pytest.approx(window / 2000)
     assert evaluation_window(now - 30 * 3600, now, 30)[0] == MAX_RECOVERY_SECONDS
     assert last_pass_time({"metrics": {"updatedAt": "2027-01-15T08:00:00Z"}}) == 1_800_000_000.0
     assert last_pass_time({}) is None and last_pass_time({"metrics": {"updatedAt": "garbage"}}) is None
