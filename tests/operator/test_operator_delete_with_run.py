@@ -6,7 +6,6 @@ the tenant."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +84,28 @@ def test_cleanup_refuses_a_symlinked_run_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the operator
 
 
+async def start_pvc_run(client: kube.KubeClient, ns: str) -> None:
+    """The minimal example (PVC storage) with deleteWithRun, its corpus curated, its job created."""
+    objs = example("minimal", ns)
+    objs["CheckpointPolicy/default"]["spec"]["deleteWithRun"] = True
+    await apply_all(client, list(objs.values()))
+    await finish_curation(client, ns, "docs")
+    await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name("docs-cpt"))
+
+
+async def start_s3_run(client: kube.KubeClient, ns: str, run: str, endpoint: str) -> None:
+    """The legal example (S3 storage on `endpoint`, Secret AKIA / secret) with deleteWithRun."""
+    objs = example("legal-cpt", ns)
+    policy = objs["CheckpointPolicy/legal-keep-best"]["spec"]
+    policy["deleteWithRun"] = True
+    policy["storage"]["s3"]["endpoint"] = endpoint
+    await apply(client, secret(ns))
+    await apply_all(client, list(objs.values()))
+    await finish_curation(client, ns, "legal-contracts")
+    await finish_curation(client, ns, "general-replay")
+    await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name(run))
+
+
 async def delete_and_wait_finalizer(client: kube.KubeClient, ns: str, run: str) -> None:
     async def finalized() -> bool:
         body = await client.get(kube.CPTRUNS, ns, run)
@@ -117,11 +138,7 @@ async def test_pvc_checkpoints_are_deleted_by_the_cleanup_job(cluster: Any, clie
     op = OperatorProcess(cluster[1], settings)
     await op.start()
     try:
-        objs = example("minimal", ns)
-        objs["CheckpointPolicy/default"]["spec"]["deleteWithRun"] = True
-        await apply_all(client, list(objs.values()))
-        await finish_curation(client, ns, "docs")
-        await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name("docs-cpt"))
+        await start_pvc_run(client, ns)
         await delete_and_wait_finalizer(client, ns, "docs-cpt")
 
         job = await wait_object(client, kube.JOBS, ns, cleanup_job_name("docs-cpt"), timeout=30)
@@ -153,11 +170,7 @@ async def test_a_failed_cleanup_job_keeps_the_checkpoints_and_releases_the_run(c
     op = OperatorProcess(cluster[1])
     await op.start()
     try:
-        objs = example("minimal", ns)
-        objs["CheckpointPolicy/default"]["spec"]["deleteWithRun"] = True
-        await apply_all(client, list(objs.values()))
-        await finish_curation(client, ns, "docs")
-        await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name("docs-cpt"))
+        await start_pvc_run(client, ns)
         await delete_and_wait_finalizer(client, ns, "docs-cpt")
         job = await wait_object(client, kube.JOBS, ns, cleanup_job_name("docs-cpt"), timeout=30)
         await client.patch_status(kube.JOBS, ns, job["metadata"]["name"], {"status": {"conditions": [{"type": "Failed", "status": "True"}]}})
@@ -197,15 +210,7 @@ async def test_s3_checkpoints_are_deleted_with_the_tenants_credentials(
     op = OperatorProcess(cluster[1])
     await op.start()
     try:
-        objs = example("legal-cpt", ns)
-        policy = objs["CheckpointPolicy/legal-keep-best"]["spec"]
-        policy["deleteWithRun"] = True
-        policy["storage"]["s3"]["endpoint"] = s3_endpoint
-        await apply(client, secret(ns))  # AKIA / secret
-        await apply_all(client, list(objs.values()))
-        await finish_curation(client, ns, "legal-contracts")
-        await finish_curation(client, ns, "general-replay")
-        await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name(run))
+        await start_s3_run(client, ns, run, s3_endpoint)
         await delete_and_wait_finalizer(client, ns, run)
         await gone(client, ns, run)
     finally:
@@ -225,20 +230,11 @@ async def test_s3_deletion_without_the_secret_keys_keeps_the_checkpoints(
     op = OperatorProcess(cluster[1])
     await op.start()
     try:
-        objs = example("legal-cpt", ns)
-        policy = objs["CheckpointPolicy/legal-keep-best"]["spec"]
-        policy["deleteWithRun"] = True
-        policy["storage"]["s3"]["endpoint"] = s3_endpoint
-        await apply(client, secret(ns))
-        await apply_all(client, list(objs.values()))
-        await finish_curation(client, ns, "legal-contracts")
-        await finish_curation(client, ns, "general-replay")
-        await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name(run))
+        await start_s3_run(client, ns, run, s3_endpoint)
         # The tenant rotates the Secret and drops a key before deleting the run.
         await client.patch(kube.SECRETS, ns, "legal-team-s3", {"data": {"AWS_SECRET_ACCESS_KEY": None}})
         await delete_and_wait_finalizer(client, ns, run)
         await gone(client, ns, run)
-        await asyncio.sleep(0)
     finally:
         await op.stop()
     assert keys(bucket) == [f"cpt/{ns}/{run}/step-00000500/COMPLETE"]
