@@ -37,6 +37,8 @@ class OperatorContext:
     """This replica's peering identity (passed to kopf.operator); None: Kopf picks one."""
     peering: Peering | None = None
     """Filled in at startup when peering is on: the control loop follows Kopf's leader."""
+    retain_written: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The retain list this process last wrote per (namespace, run): unchanged ones are not rewritten."""
 
 
 def login_info(ctx: OperatorContext) -> Any:

@@ -89,21 +89,23 @@ def last_pass_time(status: dict[str, Any]) -> float | None:
 
 
 async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: dict[str, Any]) -> None:
-    """Create or update the run's retain ConfigMap (owned by the run), only when it changed."""
+    """Create or update the run's retain ConfigMap (owned by the run), only when it changed:
+    no API request while the decision stays what this process last wrote."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     text = json.dumps(retain, indent=2, sort_keys=True) + "\n"
+    if ctx.retain_written.get((namespace, name)) == text:
+        return
     cm_name = objnames.retain_configmap_name(name)
     owner = objnames.owner_reference(body.get("apiVersion") or API_VERSION, "CPTRun", name, meta.get("uid", ""))
     configmap = render_configmap(cm_name, namespace, RETAIN_FILE_NAME, text, objnames.run_labels(namespace, name, "retain"), owner)
     try:
         await ctx.kube.create(kube.CONFIGMAPS, namespace, configmap)
-        return
     except kube.Conflict:
-        pass
-    existing = await ctx.kube.get(kube.CONFIGMAPS, namespace, cm_name)
-    if existing is None or (existing.get("data") or {}).get(RETAIN_FILE_NAME) != text:
-        await ctx.kube.patch(kube.CONFIGMAPS, namespace, cm_name, {"data": {RETAIN_FILE_NAME: text}})
+        existing = await ctx.kube.get(kube.CONFIGMAPS, namespace, cm_name)
+        if existing is None or (existing.get("data") or {}).get(RETAIN_FILE_NAME) != text:
+            await ctx.kube.patch(kube.CONFIGMAPS, namespace, cm_name, {"data": {RETAIN_FILE_NAME: text}})
+    ctx.retain_written[(namespace, name)] = text
 
 
 async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body: dict[str, Any]) -> None:
