@@ -18,8 +18,9 @@ import shutil
 import sys
 from pathlib import Path
 
-STEP = re.compile(r"^(\.tmp-)?step-\d{8,}$")
-COMPLETE = "COMPLETE"
+from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER
+
+STEP = re.compile(r"^(\.tmp-)?step-\d{8,}$")  # a checkpoint, or the leftover of an unfinished save
 
 
 class Refused(Exception):
@@ -48,11 +49,9 @@ def delete_run_checkpoints(folder: Path) -> int:
     for child in sorted(folder.iterdir()):
         if not STEP.match(child.name) or child.is_symlink() or not child.is_dir():
             continue
-        (child / COMPLETE).unlink(missing_ok=True)  # a half-deleted checkpoint never looks complete
+        (child / CHECKPOINT_COMPLETE_MARKER).unlink(missing_ok=True)  # a half-deleted checkpoint never looks complete
         shutil.rmtree(child)
         deleted += 1
-    retain = folder / "retain.json"
-    retain.unlink(missing_ok=True)
     if not any(folder.iterdir()):
         folder.rmdir()
     return deleted

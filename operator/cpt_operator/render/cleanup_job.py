@@ -12,7 +12,7 @@ from typing import Any
 from cpt_operator.api.common import StorageLocation
 from cpt_operator.render import names
 from cpt_operator.render.locations import run_prefix
-from cpt_operator.render.pod import container_security_context, pod_security_context
+from cpt_operator.render.pod import container_security_context, pod_identity
 from cpt_operator.settings import OperatorSettings
 
 TTL_SECONDS = 3600
@@ -37,10 +37,7 @@ def render_cleanup_job(namespace: str, run: str, storage: StorageLocation, setti
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
-                    "serviceAccountName": "default",
-                    "automountServiceAccountToken": False,
-                    "restartPolicy": "Never",
-                    "securityContext": pod_security_context(),
+                    **pod_identity(restart_policy="Never"),
                     "containers": [
                         {
                             "name": "cleanup",

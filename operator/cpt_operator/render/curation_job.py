@@ -13,7 +13,7 @@ from cpt_operator.render.pod import (
     container_security_context,
     credential_env,
     credentials_secret,
-    pod_security_context,
+    pod_identity,
     scratch_env,
     volumes_and_mounts,
 )
@@ -72,12 +72,7 @@ def render_curation_job(
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
-                    # The tenant namespace's own ServiceAccount (its IRSA/workload identity, if any);
-                    # curation never talks to the Kubernetes API.
-                    "serviceAccountName": "default",
-                    "automountServiceAccountToken": False,
-                    "restartPolicy": "Never",
-                    "securityContext": pod_security_context(),
+                    **pod_identity(restart_policy="Never"),
                     "containers": [
                         {
                             "name": "curate",

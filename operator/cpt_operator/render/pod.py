@@ -56,6 +56,17 @@ def scratch_env() -> list[dict[str, Any]]:
     ]
 
 
+def pod_identity(restart_policy: str | None = None) -> dict[str, Any]:
+    """What every pod the operator creates shares: the tenant namespace's own `default`
+    ServiceAccount (its IRSA/workload identity, if any), no API token (no pod of ours talks to
+    the Kubernetes API), non-root."""
+    out: dict[str, Any] = {"serviceAccountName": "default", "automountServiceAccountToken": False}
+    if restart_policy is not None:
+        out["restartPolicy"] = restart_policy
+    out["securityContext"] = pod_security_context()
+    return out
+
+
 def pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,

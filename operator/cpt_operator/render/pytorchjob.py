@@ -17,7 +17,7 @@ from cpt_operator.render.pod import (
     container_security_context,
     credential_env,
     credentials_secret,
-    pod_security_context,
+    pod_identity,
     scratch_env,
     volumes_and_mounts,
 )
@@ -116,9 +116,7 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
     labels = names.run_labels(inputs.namespace, inputs.name, "trainer")
     labels["cpt.dev/replica-type"] = role.lower()
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": "default",
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security_context(),
+        **pod_identity(),
         "nodeSelector": dict(pool.node_selector),
         "tolerations": _tolerations(pool, spec),
         "containers": [
