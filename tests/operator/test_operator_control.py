@@ -9,67 +9,21 @@ import asyncio
 import json
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-from flows import apply_all, condition, eventually, finish_curation, status_of, wait_object
-from harness import OperatorProcess
-from harness import test_settings as operator_settings
+from flows import condition, eventually, status_of, wait_object
 from loopback_servers import free_port, prometheus_factory  # noqa: F401  (fixture)
-from manifests import example
+from trainer_exporter import RUN, TrainerExporter, start_operator, start_run
 from cpt_operator import kube
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.render.names import pytorchjob_name, retain_configmap_name
-from cpt_trainer.contract import metrics as names
 
 EVAL_INTERVAL = 3.0  # seconds between the fake trainers' evaluations
-RUN = "docs-cpt"
-
-
-class FakeTrainers:
-    """The trainer's metric names and labels, values driven by the test."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.gauges = {
-            spec.name: Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
-            for spec in (names.STEP, names.EVAL_STEP, names.GENERAL_REGRESSION, names.DOMAIN_PERPLEXITY, names.TOKENS_PER_SECOND,
-                         names.CHECKPOINT_PRESENT, names.CHECKPOINT_DOMAIN_PERPLEXITY, names.CHECKPOINT_GENERAL_REGRESSION,
-                         names.BASELINE_DOMAIN_PERPLEXITY)  # fmt: skip
-        }
-        self.port = free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-    def evaluate(self, namespace: str, step: int, regression: float) -> None:
-        for metric, value in ((names.STEP, step), (names.EVAL_STEP, step), (names.GENERAL_REGRESSION, regression),
-                              (names.DOMAIN_PERPLEXITY, 20.0 - step / 1000), (names.TOKENS_PER_SECOND, 1e5)):  # fmt: skip
-            self.gauges[metric.name].labels(namespace, RUN).set(value)
-
-
-    def list_checkpoint(self, namespace: str, step: int, domain: float, regression: float) -> None:
-        """What a trainer exports for a checkpoint on its volume."""
-        self.gauges[names.CHECKPOINT_PRESENT.name].labels(namespace, RUN, str(step)).set(1)
-        self.gauges[names.CHECKPOINT_DOMAIN_PERPLEXITY.name].labels(namespace, RUN, str(step)).set(domain)
-        self.gauges[names.CHECKPOINT_GENERAL_REGRESSION.name].labels(namespace, RUN, str(step)).set(regression)
-        self.gauges[names.BASELINE_DOMAIN_PERPLEXITY.name].labels(namespace, RUN).set(30.0)
-
-
-async def start_run(client: kube.KubeClient, namespace: str) -> None:
-    await apply_all(client, list(example("minimal", namespace).values()))
-    await finish_curation(client, namespace, "docs")
-    await wait_object(client, kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN))
-    await client.patch(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN),
-                       {"status": {"conditions": [{"type": "Running", "status": "True"}]}})  # fmt: skip
 
 
 async def test_degrading_run_is_halted_and_healthy_run_is_not(cluster: Any, client: kube.KubeClient, prometheus_factory: Any) -> None:
     _, url = cluster
-    trainers = FakeTrainers()
+    trainers = TrainerExporter()
     prom = prometheus_factory([f"127.0.0.1:{trainers.port}"])
-    settings = operator_settings()
-    settings.prometheus_url = prom.url
-    settings.control_interval_seconds = 0.5
-    op = OperatorProcess(url, settings)
-    await op.start()
+    op = await start_operator(url, prom.url)
     try:
         sick, healthy = "tenant-sick", "tenant-healthy"
         for ns in (sick, healthy):
@@ -103,16 +57,12 @@ async def test_degrading_run_is_halted_and_healthy_run_is_not(cluster: Any, clie
         assert ok["progress"]["step"] == (patience + 2) * 500
     finally:
         await op.stop()
-        trainers.server.shutdown()
+        trainers.close()
 
 
 async def test_prometheus_down_is_metrics_unavailable_and_never_halts(cluster: Any, client: kube.KubeClient) -> None:
     _, url = cluster
-    settings = operator_settings()
-    settings.prometheus_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    settings.control_interval_seconds = 0.3
-    op = OperatorProcess(url, settings)
-    await op.start()
+    op = await start_operator(url, f"http://127.0.0.1:{free_port()}", interval=0.3)  # nothing listens there
     try:
         await start_run(client, "tenant-a")
         for _ in range(50):
@@ -131,13 +81,9 @@ async def test_pvc_checkpoints_are_rotated_through_the_retain_configmap(cluster:
     """The minimal example keeps its checkpoints on a PVC (keepLastN 2, keepBestK 1): the
     operator decides from the trainer's listing and writes the retain list the pod mounts."""
     _, url = cluster
-    trainers = FakeTrainers()
+    trainers = TrainerExporter()
     prom = prometheus_factory([f"127.0.0.1:{trainers.port}"])
-    settings = operator_settings()
-    settings.prometheus_url = prom.url
-    settings.control_interval_seconds = 0.5
-    op = OperatorProcess(url, settings)
-    await op.start()
+    op = await start_operator(url, prom.url)
     ns = "tenant-pvc"
     try:
         await start_run(client, ns)
@@ -161,4 +107,4 @@ async def test_pvc_checkpoints_are_rotated_through_the_retain_configmap(cluster:
         assert sorted(r["step"] for r in st["checkpoints"] if r["deleted"]) == [500, 1500, 2000]
     finally:
         await op.stop()
-        trainers.server.shutdown()
+        trainers.close()

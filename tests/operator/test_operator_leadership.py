@@ -13,7 +13,7 @@ import pytest
 from flows import condition, eventually, status_of
 from harness import OperatorProcess
 from harness import test_settings as operator_settings
-from test_operator_control import RUN, start_run
+from trainer_exporter import RUN, start_run
 from cpt_operator import kube
 from cpt_operator.handlers.context import Tuning
 from cpt_operator.handlers.leadership import CLUSTER_PEERINGS, decide_active

@@ -20,21 +20,17 @@ from typing import Any
 
 import kmock
 import requests
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from flows import apply_all, condition, eventually, finish_curation, status_of, wait_object
+from flows import condition, eventually, status_of, wait_object
 from harness import OperatorProcess
-from harness import test_settings as operator_settings
-from loopback_servers import free_port, prometheus_factory  # noqa: F401  (fixture)
-from manifests import example
+from loopback_servers import prometheus_factory  # noqa: F401  (fixture)
+from trainer_exporter import RUN, TrainerExporter, start_operator, start_run
 from cpt_operator import kube
 from cpt_operator.handlers.control import EVENTS
 from cpt_operator.render.names import pytorchjob_name, retain_configmap_name
 from cpt_trainer.contract import metrics as names
 
-RUN = "docs-cpt"
-NS = "tenant-restart"
-CONTROL_INTERVAL = 0.5
+NS = "tenant-restart"  # control interval 0.5 s (start_operator's default)
 # The range query of the control loop samples the window every 5 s (PrometheusClient.run_metrics
 # step_seconds): an evaluation must stay current in Prometheus longer than that to be seen.
 RANGE_QUERY_STEP = 5.0
@@ -53,35 +49,12 @@ def eval_domain(step: int) -> float:
 CKPT_DOMAIN = {500: 25.0, 1000: 24.0, 1500: 23.0}
 
 
-class FakeTrainer:
-    """The trainer's metric names and labels for one run, values driven by the test."""
+class FakeTrainer(TrainerExporter):
+    """The trainer of the one run of these tests: each evaluation comes with its checkpoint."""
 
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.registry = CollectorRegistry()
-        self.gauges = {
-            spec.name: Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
-            for spec in (names.STEP, names.EVAL_STEP, names.GENERAL_REGRESSION, names.DOMAIN_PERPLEXITY, names.TOKENS_PER_SECOND,
-                         names.CHECKPOINT_PRESENT, names.CHECKPOINT_DOMAIN_PERPLEXITY, names.CHECKPOINT_GENERAL_REGRESSION,
-                         names.BASELINE_DOMAIN_PERPLEXITY)  # fmt: skip
-        }
-        self.port = free_port()
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-    def evaluate(self, step: int) -> None:
-        """An evaluation at `step` and the checkpoint saved with it."""
-        ns = self.namespace
-        for metric, value in ((names.STEP, step), (names.EVAL_STEP, step), (names.GENERAL_REGRESSION, REGRESSION),
-                              (names.DOMAIN_PERPLEXITY, eval_domain(step)), (names.TOKENS_PER_SECOND, 1e5)):  # fmt: skip
-            self.gauges[metric.name].labels(ns, RUN).set(value)
-        self.gauges[names.CHECKPOINT_PRESENT.name].labels(ns, RUN, str(step)).set(1)
-        self.gauges[names.CHECKPOINT_DOMAIN_PERPLEXITY.name].labels(ns, RUN, str(step)).set(CKPT_DOMAIN[step])
-        self.gauges[names.CHECKPOINT_GENERAL_REGRESSION.name].labels(ns, RUN, str(step)).set(REGRESSION)
-        self.gauges[names.BASELINE_DOMAIN_PERPLEXITY.name].labels(ns, RUN).set(BASELINE_DOMAIN)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def publish(self, step: int) -> None:
+        self.evaluate(NS, step, REGRESSION, eval_domain(step))
+        self.list_checkpoint(NS, step, CKPT_DOMAIN[step], REGRESSION, BASELINE_DOMAIN)
 
 
 async def prometheus_eval_step(url: str, namespace: str) -> int | None:
@@ -116,25 +89,6 @@ async def wait_passes(op: OperatorProcess, n: int) -> None:
     await eventually(check, timeout=20, interval=0.1, what=f"{n} control passes")
 
 
-async def start_operator(url: str, prom_url: str) -> OperatorProcess:
-    settings = operator_settings()
-    settings.prometheus_url = prom_url
-    settings.control_interval_seconds = CONTROL_INTERVAL
-    op = OperatorProcess(url, settings)
-    if op.kube.calls is None:
-        op.kube.calls = []
-    await op.start()
-    return op
-
-
-async def start_run(client: kube.KubeClient, namespace: str) -> None:
-    await apply_all(client, list(example("minimal", namespace).values()))
-    await finish_curation(client, namespace, "docs")
-    await wait_object(client, kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN))
-    await client.patch(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN),
-                       {"status": {"conditions": [{"type": "Running", "status": "True"}]}})  # fmt: skip
-
-
 def steps_of(records: list[dict[str, Any]] | None) -> list[int]:
     return [int(r["step"]) for r in records or []]
 
@@ -157,7 +111,7 @@ async def test_operator_killed_between_evaluations_records_each_once_and_loses_n
     cluster: Any, client: kube.KubeClient, prometheus_factory: Any
 ) -> None:
     _, url = cluster
-    trainer = FakeTrainer(NS)
+    trainer = FakeTrainer()
     prom = prometheus_factory([f"127.0.0.1:{trainer.port}"])
     operators: list[OperatorProcess] = []
     try:
@@ -165,7 +119,7 @@ async def test_operator_killed_between_evaluations_records_each_once_and_loses_n
         a = await start_operator(url, prom.url)
         operators.append(a)
         await start_run(client, NS)
-        trainer.evaluate(500)
+        trainer.publish(500)
 
         async def recorded(step: int) -> Any:
             st = await status_of(client, kube.CPTRUNS, NS, RUN)
@@ -182,10 +136,10 @@ async def test_operator_killed_between_evaluations_records_each_once_and_loses_n
         # at 1000 stays current in Prometheus just long enough for the range query's grid.
         await a.kill()
         assert a.thread is None
-        trainer.evaluate(1000)
+        trainer.publish(1000)
         await wait_scraped(prom.url, 1000)
         await asyncio.sleep(RANGE_QUERY_STEP + 1.0)
-        trainer.evaluate(1500)
+        trainer.publish(1500)
         await wait_scraped(prom.url, 1500)
         assert (await status_of(client, kube.CPTRUNS, NS, RUN))["evaluations"] == st["evaluations"], "no operator ran"
 
@@ -268,7 +222,7 @@ async def test_halt_survives_a_reconcile_during_the_halt(cluster: Any, client: k
     un-suspended it every time; the first pass of a restarted operator, racing its resume
     handler, did too, now and then, in the test above)."""
     emulator, url = cluster
-    trainer = FakeTrainer(NS)
+    trainer = FakeTrainer()
     prom = prometheus_factory([f"127.0.0.1:{trainer.port}"])
     slow = asyncio.Event()
     handle = emulator._handle
@@ -285,7 +239,7 @@ async def test_halt_survives_a_reconcile_during_the_halt(cluster: Any, client: k
         op = await start_operator(url, prom.url)
         await start_run(client, NS)
         for step in (500, 1000):
-            trainer.evaluate(step)
+            trainer.publish(step)
 
             async def recorded(step: int = step) -> bool:
                 return step in steps_of((await status_of(client, kube.CPTRUNS, NS, RUN)).get("evaluations"))
@@ -293,7 +247,7 @@ async def test_halt_survives_a_reconcile_during_the_halt(cluster: Any, client: k
             await eventually(recorded, timeout=20, what=f"step {step} recorded")
         assert (await status_of(client, kube.CPTRUNS, NS, RUN))["phase"] == "Running"
         slow.set()
-        trainer.evaluate(1500)  # the third evaluation over the threshold: this pass halts
+        trainer.publish(1500)  # the third evaluation over the threshold: this pass halts
 
         async def halted() -> Any:
             st = await status_of(client, kube.CPTRUNS, NS, RUN)

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from flows import condition, status_of, wait_phase
 from harness import OperatorProcess
 from harness import test_settings as operator_settings
-from test_operator_control import RUN, start_run
+from trainer_exporter import RUN, start_run
 from cpt_operator import kube
 from cpt_operator.handlers import control
 from cpt_operator.handlers.context import OperatorContext
