@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install install-test services clean
+.PHONY: demo test install install-test services go-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,13 @@ services:
 demo: install
 	$(BIN)/cpt run-local examples/local
 
+# The Go programs the tests run (tests/support/gotools.py): built before pytest, so a cold
+# build (minutes) is never charged to one test's timeout; a warm rebuild takes seconds.
+go-tools: install-test
+	$(BIN)/python tests/support/gotools.py
+
 # A hard limit well under CI's 90 minutes, so a hang can never eat the whole budget.
-test: install-test services
+test: install-test services go-tools
 	timeout 2400 $(BIN)/python -m pytest
 
 clean:

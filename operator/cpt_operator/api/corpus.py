@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -21,7 +21,9 @@ class CorpusSource(APIModel):
     """One input location and the files taken from it."""
 
     location: Location = Field(description="Where the input files are.")
-    include: list[str] = Field(
+    # Each pattern is bounded: the CEL rule below walks every character of every pattern, and
+    # the API server refuses a CRD whose rules it cannot bound (estimated cost limits).
+    include: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: ["**/*"], min_length=1, max_length=32,
         description="Glob patterns of files below the location; .gz and .zst files are decompressed.",
     )  # fmt: skip
@@ -102,7 +104,7 @@ class LanguageFilterSpec(APIModel):
     """Keep documents mostly written in the given Unicode scripts."""
 
     enabled: bool = Field(False, description="Run this stage.")
-    scripts: list[str] = Field(default_factory=lambda: ["Latin"], min_length=1, max_length=16, description="Unicode script names.")
+    scripts: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=lambda: ["Latin"], min_length=1, max_length=16, description="Unicode script names.")
     min_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Fraction of letters that must be in those scripts.")
 
 
@@ -158,7 +160,7 @@ class TokenizerReport(StatusModel):
 
     chars_per_token: float | None = Field(None, description="Characters per token.")
     fertility: float | None = Field(None, description="Tokens per word.")
-    proposed_extension: list[str] = Field(default_factory=list, max_length=256, description="Frequent fragmented words a CPTRun may add.")
+    proposed_extension: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=256, description="Frequent fragmented words a CPTRun may add.")
 
 
 class CorpusStatus(StatusModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -58,7 +58,7 @@ class TokenizerExtensionSpec(APIModel):
     """Add frequent, fragmented domain words to the vocabulary; new embeddings start at the mean."""
 
     enabled: bool = Field(False, description="Extend the vocabulary.")
-    tokens: list[str] = Field(default_factory=list, max_length=4096, description="Tokens to add.")
+    tokens: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=4096, description="Tokens to add.")
     from_corpus: Name | None = Field(None, description="Also add the proposed extension of this Corpus (a domain corpus of the run).")
 
     cel_rules = (
@@ -265,7 +265,7 @@ class CheckpointRecord(StatusModel):
     general_score: float | None = Field(None, description="General score at this step.")
     general_regression: float | None = Field(None, description="Relative general regression at this step.")
     composite_score: float | None = Field(None, description="Composite score (higher is better).")
-    kept_for: list[str] = Field(default_factory=list, description="Why it is kept: newest, lastN, bestK, milestone, best.")
+    kept_for: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=8, description="Why it is kept: newest, lastN, bestK, milestone, best.")
     deleted: bool = Field(False, description="Deleted by the policy.")
 
 

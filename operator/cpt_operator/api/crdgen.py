@@ -206,7 +206,10 @@ def _default_of(info: FieldInfo) -> Any:
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
-            return {}  # the API server fills the nested defaults
+            # The whole default object, not `{}`: the API server checks a default against the
+            # object's CEL rules as written, before nested defaults apply, so `{}` fails every
+            # rule that reads a field ("no such key") and the CRD is refused.
+            return value.model_dump(mode="json", by_alias=True, exclude_none=True)
         return value if value else None
     return None
 
