@@ -27,6 +27,8 @@ RULES: tuple[Rule, ...] = (
     Rule(("kubeflow.org",), ("pytorchjobs",), ("get", "list", "watch", "create", "patch", "delete")),
     Rule(("batch",), ("jobs",), ("get", "list", "watch", "create")),
     Rule(("",), ("configmaps",), ("get", "create", "patch")),
+    # Kueue: a stop that sticks deactivates the job's Workload (docs/kueue.md).
+    Rule(("kueue.x-k8s.io",), ("workloads",), ("list", "patch")),
     # Curation reports: the termination message of a finished curation pod.
     Rule(("",), ("pods",), ("list",)),
     Rule(("",), ("secrets",), ("get",)),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,19 @@ def _default_pools() -> list[NodePool]:
     return [NodePool(name="h100-80gb", node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})]
 
 
+class KueueSettings(BaseModel):
+    """How the cluster's Kueue manages jobs (docs/kueue.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manage_jobs_without_queue_name: bool = Field(
+        False, description="Kueue runs with manageJobsWithoutQueueName: it admits every job, labelled or not.",
+    )  # fmt: skip
+    workload_api_version: Literal["v1beta1", "v1beta2"] = Field(
+        "v1beta1", description="API version of kueue.x-k8s.io Workloads the operator reads and deactivates.",
+    )  # fmt: skip
+
+
 class OperatorSettings(BaseSettings):
     """Everything the platform team configures."""
 
@@ -75,6 +88,7 @@ class OperatorSettings(BaseSettings):
         description="Image of the Job that deletes a run's PVC checkpoints with it (the operator's own image).",
     )
     operator_metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics.")
+    kueue: KueueSettings = Field(default_factory=KueueSettings, description="How Kueue admits jobs, if it runs.")
 
     def pool(self, name: str) -> NodePool | None:
         return next((p for p in self.node_pools if p.name == name), None)

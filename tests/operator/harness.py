@@ -16,7 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import aiohttp.web
 import attrs
+import jsonpatch
 import kmock
 import kopf
 import yaml
@@ -50,8 +52,38 @@ class ResourceVersionConflict(kmock.KubernetesError):
     message: str = "the object has been modified; please apply your changes to the latest version and try again"
 
 
+def status_of(exc: BaseException) -> tuple[int, str, str]:
+    """(code, reason, message) a real kube-apiserver answers for what went wrong here.
+
+    kmock answers a failed JSON-patch `test` with 500 and uses its own reason strings; a real
+    server answers 422 Invalid (apiserver endpoints/handlers/patch.go), and its reasons are
+    metav1.StatusReason values, which clients (Kopf among them) act on.
+    """
+    if isinstance(exc, jsonpatch.JsonPatchException):
+        return 422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"
+    if isinstance(exc, ResourceVersionConflict):
+        return 409, "Conflict", exc.message
+    if isinstance(exc, kmock.KubernetesError):
+        name = type(exc).__name__
+        if exc.status == 409:
+            return 409, "AlreadyExists", "object already exists"
+        if exc.status == 404 and "Object" in name:
+            return 404, "NotFound", "object not found"
+        if exc.status == 404:
+            return 404, "NotFound", "the server could not find the requested resource"
+        return exc.status, exc.reason or "InternalError", exc.message or repr(exc)
+    return 500, "InternalError", f"Internal error occurred: {exc!r}"
+
+
 class ClusterEmulator(kmock.KubernetesEmulator):
-    """KubernetesEmulator plus the metadata an API server assigns."""
+    """KubernetesEmulator plus the metadata an API server assigns, answering errors with the
+    status codes and reasons a real API server gives (`status_of`)."""
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        code, reason, message = status_of(exc)
+        body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}  # fmt: skip
+        return aiohttp.web.json_response(body, status=code)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -102,6 +134,7 @@ def declare_resources(emulator: kmock.KubernetesEmulator, crds: list[dict[str, A
     declare("batch/v1/jobs", "Job", subresources=("status",))
     declare("kubeflow.org/v1/pytorchjobs", "PyTorchJob", subresources=("status",))
     declare("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", namespaced=False)
+    declare("kueue.x-k8s.io/v1beta1/workloads", "Workload", subresources=("status",))
     for crd in crds:
         spec = crd["spec"]
         version = spec["versions"][0]

@@ -7,7 +7,7 @@ from cpt_operator.decide.corpus_phase import corpus_job_state, parse_curation_re
 from cpt_operator.decide.dependencies import backoff_delay, decide_dependencies
 from cpt_operator.decide.immutable import changed_immutable_fields, immutable_digest
 from cpt_operator.decide.run_phase import JobView, job_state
-from cpt_operator.decide.suspend import initial_suspend, suspend_patch
+from cpt_operator.decide.suspend import JobControl, initial_suspend, job_control, kueue_managed
 from cpt_operator.settings import NodePool, OperatorSettings
 
 SPEC = {
@@ -45,32 +45,53 @@ def job(*conds, suspend=False):
     ((("Running", "True"), ("Failed", "True")), "Failed"),
 ])  # fmt: skip
 def test_phase_from_pytorchjob_conditions(conds, phase):
-    assert job_state(job(*conds), False, None).phase == phase
+    assert job_state(job(*conds), False, False).phase == phase
 
 
 def test_suspended_job_phase_depends_on_who_suspended():
     suspended = job(("Created", "True"), ("Suspended", "True"), suspend=True)
-    assert job_state(suspended, True, None).phase == "Suspended"
-    assert job_state(suspended, True, None).suspended[1] == c.SUSPENDED_BY_TENANT
-    queued = job_state(suspended, False, "q")
+    assert job_state(suspended, True, False).phase == "Suspended"
+    assert job_state(suspended, True, False).suspended[1] == c.SUSPENDED_BY_TENANT
+    queued = job_state(suspended, False, True)
     assert queued.phase == "Pending" and queued.suspended[1] == c.WAITING_FOR_ADMISSION
 
 
 def test_terminal_wins_over_suspend():
-    assert job_state(job(("Succeeded", "True"), suspend=True), True, None).phase == "Succeeded"
+    assert job_state(job(("Succeeded", "True"), suspend=True), True, False).phase == "Succeeded"
 
 
-@pytest.mark.parametrize("tenant,queue,job_suspend,expected", [
-    (False, None, True, False),    # resume without queue: the operator un-suspends
-    (False, None, False, None),
-    (True, None, False, True),
-    (True, None, True, None),
-    (True, "q", False, True),      # tenant suspends an admitted job
-    (False, "q", True, None),      # never un-suspend a queued job: Kueue admits it
-    (False, "q", False, None),     # Kueue un-suspended it: leave it
+@pytest.mark.parametrize("stop,job_suspend,expected", [
+    (False, True, JobControl(suspend=False)),   # resume without Kueue: the operator un-suspends
+    (False, False, JobControl()),
+    (True, False, JobControl(suspend=True)),
+    (True, True, JobControl()),
 ])  # fmt: skip
-def test_suspend_combines_tenant_and_kueue(tenant, queue, job_suspend, expected):
-    assert suspend_patch(tenant, queue, job_suspend) == expected
+def test_without_kueue_the_operator_owns_suspend(stop, job_suspend, expected):
+    assert job_control(stop, False, job_suspend, None, False) == expected
+
+
+@pytest.mark.parametrize("stop,job_suspend,active,ours,expected", [
+    # Kueue un-suspends an admitted job whatever else suspends it: the stop is the Workload's.
+    (True, False, True, False, JobControl(workload_active=False)),
+    (True, True, False, True, JobControl()),                  # stopped already: nothing to write
+    (False, True, False, True, JobControl(workload_active=True)),  # resume: back to the queue
+    (False, True, False, False, JobControl()),                # Kueue deactivated it itself: leave it
+    (False, True, True, False, JobControl()),                 # waiting for admission: never suspend=False
+    (False, False, True, False, JobControl()),                # admitted and running
+    (True, False, None, False, JobControl(suspend=True)),     # no Workload yet, running: suspend (as Kueue would)
+    (True, True, None, False, JobControl()),
+    (False, True, None, False, JobControl()),                 # no Workload yet: Kueue admits, not us
+])  # fmt: skip
+def test_under_kueue_a_stop_deactivates_the_workload(stop, job_suspend, active, ours, expected):
+    decision = job_control(stop, True, job_suspend, active, ours)
+    assert decision == expected
+    assert decision.suspend is not False  # the operator never un-suspends a job Kueue admits
+
+
+def test_kueue_manages_a_job_by_its_own_label_or_the_platform_setting():
+    assert kueue_managed("team-q", False) and kueue_managed("default", False)  # e.g. set by Kueue's webhook
+    assert not kueue_managed(None, False)
+    assert kueue_managed(None, True)  # manageJobsWithoutQueueName
 
 
 def test_initial_suspend():

@@ -140,6 +140,71 @@ async def test_operator_does_not_fight_kueue(operator: Any, client: kube.KubeCli
     assert ("patch", pj_path) not in operator.kube.calls[calls_before:]
 
 
+WORKLOADS = kube.Resource("kueue.x-k8s.io", "v1beta1", "workloads")
+
+
+async def test_a_tenant_suspend_of_an_admitted_job_deactivates_its_workload(operator: Any, client: kube.KubeClient, namespace: str) -> None:
+    """Kueue un-suspends an admitted job whatever sets runPolicy.suspend: the stop that sticks is
+    the Workload's spec.active (here the test plays Kueue; tests/realcluster runs the real one)."""
+    pj = await start_minimal_run(client, namespace, resources={"nodePool": "h100-80gb", "nodes": 1, "gpusPerNode": 8, "queueName": "team-q"})
+    workload = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                "metadata": {"name": "pytorchjob-docs-cpt-1", "namespace": namespace,
+                             "labels": {"kueue.x-k8s.io/job-uid": pj["metadata"]["uid"]},
+                             "ownerReferences": [{"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": pj["metadata"]["name"],
+                                                  "uid": pj["metadata"]["uid"], "controller": True}]},
+                "spec": {"active": True, "queueName": "team-q"}}  # fmt: skip
+    await client.create(WORKLOADS, namespace, workload)
+    await set_job_conditions(client, namespace, "docs-cpt", "Created", "Running", suspend=False)  # Kueue admits
+    await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Running")
+    calls_before = len(operator.kube.calls)
+
+    await client.patch(kube.CPTRUNS, namespace, "docs-cpt", {"spec": {"suspend": True}})
+
+    async def deactivated() -> Any:
+        wl = await client.get(WORKLOADS, namespace, "pytorchjob-docs-cpt-1")
+        return wl if wl["spec"]["active"] is False else None
+
+    wl = await eventually(deactivated, what="Workload spec.active false")
+    assert wl["metadata"]["annotations"]["cpt.dev/stopped-by-operator"] == "true"
+    job = await client.get(kube.PYTORCHJOBS, namespace, pytorchjob_name("docs-cpt"))
+    assert job["spec"]["runPolicy"]["suspend"] is False  # Kueue's to set, after it evicts
+    pj_path = kube.PYTORCHJOBS.path(namespace, pytorchjob_name("docs-cpt"))
+    assert ("patch", pj_path) not in operator.kube.calls[calls_before:]
+
+    await set_job_conditions(client, namespace, "docs-cpt", "Created", "Suspended", suspend=True)  # Kueue evicts
+    await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Suspended")
+    await client.patch(kube.CPTRUNS, namespace, "docs-cpt", {"spec": {"suspend": False}})
+
+    async def reactivated() -> Any:
+        wl = await client.get(WORKLOADS, namespace, "pytorchjob-docs-cpt-1")
+        return wl if wl["spec"]["active"] is True else None
+
+    wl = await eventually(reactivated, what="Workload spec.active true")
+    assert "cpt.dev/stopped-by-operator" not in (wl["metadata"].get("annotations") or {})
+    status = await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Pending")
+    assert condition(status, "Suspended")["reason"] == "WaitingForQueueAdmission"
+    assert ("patch", pj_path) not in operator.kube.calls[calls_before:]
+
+
+async def test_a_job_labelled_by_kueues_default_queue_is_never_unsuspended(operator: Any, client: kube.KubeClient, namespace: str) -> None:
+    """No queueName in the run, but Kueue's webhook gave the job the namespace's `default`
+    LocalQueue and suspended it: the operator must not un-suspend it before admission."""
+    pj = await start_minimal_run(client, namespace)
+    assert pj["spec"]["runPolicy"]["suspend"] is False
+    await client.patch(kube.PYTORCHJOBS, namespace, pj["metadata"]["name"],
+                       {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "default"}}, "spec": {"runPolicy": {"suspend": True}}})  # fmt: skip
+    status = await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Pending")
+    assert condition(status, "Suspended")["reason"] == "WaitingForQueueAdmission"
+    assert "'default'" in condition(status, "Suspended")["message"]
+    pj_path = kube.PYTORCHJOBS.path(namespace, pj["metadata"]["name"])
+    calls = len(operator.kube.calls)
+    await client.patch(kube.CPTRUNS, namespace, "docs-cpt", {"metadata": {"labels": {"touch": "1"}}})  # another reconcile
+    await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Pending")
+    job = await client.get(kube.PYTORCHJOBS, namespace, pj["metadata"]["name"])
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    assert ("patch", pj_path) not in operator.kube.calls[calls:]
+
+
 async def test_missing_corpus_that_later_appears(operator: Any, client: kube.KubeClient, namespace: str) -> None:
     objs = minimal(namespace)
     corpus = next(o for o in objs if o["kind"] == "Corpus")

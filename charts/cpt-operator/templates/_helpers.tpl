@@ -168,6 +168,7 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
   "cleanup_image" (include "cpt-operator.image" .)
   "operator_metrics_port" .Values.metrics.port
   "watch_namespaces" (ternary (list) (.Values.rbac.watchNamespaces | default list) (eq .Values.rbac.scope "cluster"))
+  "kueue" (dict "manage_jobs_without_queue_name" $s.kueue.manageJobsWithoutQueueName "workload_api_version" $s.kueue.workloadApiVersion)
 }}
 {{- with $s.prometheus.url }}
 {{- $_ := set $out "prometheus_url" . }}

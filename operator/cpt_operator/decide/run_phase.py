@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpt_operator import conditions as c
+from cpt_operator.labels import ANNOTATION_CONFIG_DIGEST, ANNOTATION_SPEC_DIGEST, KUEUE_QUEUE_LABEL
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -24,6 +25,8 @@ class JobView:
     conditions: tuple[dict[str, Any], ...]
     spec_digest: str | None
     config_digest: str | None
+    queue_name: str | None = None  # Kueue's queue label on the job, whoever set it
+    uid: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "JobView":
@@ -31,14 +34,14 @@ class JobView:
         annotations = meta.get("annotations") or {}
         spec = body.get("spec") or {}
         status = body.get("status") or {}
-        from cpt_operator.render.names import ANNOTATION_CONFIG_DIGEST, ANNOTATION_SPEC_DIGEST
-
         return cls(
             name=str(meta.get("name", "")),
             suspend=bool((spec.get("runPolicy") or {}).get("suspend", False)),
             conditions=tuple(dict(x) for x in status.get("conditions") or [] if isinstance(x, dict)),
             spec_digest=annotations.get(ANNOTATION_SPEC_DIGEST),
             config_digest=annotations.get(ANNOTATION_CONFIG_DIGEST),
+            queue_name=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
+            uid=meta.get("uid"),
         )
 
 
@@ -57,8 +60,10 @@ def _true(conds: tuple[dict[str, Any], ...], type_: str) -> dict[str, Any] | Non
     return next((x for x in conds if x.get("type") == type_ and x.get("status") == "True"), None)
 
 
-def job_state(job: JobView, tenant_suspend: bool, queue_name: str | None) -> RunJobState:
-    """Phase and conditions of a run from its job; messages say what is happening."""
+def job_state(job: JobView, tenant_suspend: bool, queued: bool) -> RunJobState:
+    """Phase and conditions of a run from its job; messages say what is happening.
+
+    `queued`: Kueue admits the job (decide/suspend.kueue_managed of the job's own label)."""
     conds = job.conditions
     failed = _true(conds, "Failed")
     succeeded = _true(conds, "Succeeded")
@@ -74,8 +79,9 @@ def job_state(job: JobView, tenant_suspend: bool, queue_name: str | None) -> Run
         if tenant_suspend:
             suspended = (True, c.SUSPENDED_BY_TENANT, "spec.suspend is true; set it to false to resume from the newest checkpoint")
             phase = "Suspended"
-        elif queue_name:
-            suspended = (True, c.WAITING_FOR_ADMISSION, f"waiting for Kueue to admit the job in queue {queue_name!r}")
+        elif queued:
+            where = f"in queue {job.queue_name!r}" if job.queue_name else "(Kueue manages jobs without a queue name)"
+            suspended = (True, c.WAITING_FOR_ADMISSION, f"waiting for Kueue to admit the job {where}")
             phase = "Pending"
         else:
             suspended = (True, c.SUSPENDED_BY_TENANT, "the PyTorchJob is suspended")

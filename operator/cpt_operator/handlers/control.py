@@ -26,6 +26,7 @@ from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient
 from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
 from cpt_operator.api.common import API_VERSION
 from cpt_operator.control.storage import CheckpointStore, VolumeCheckpointStore
+from cpt_operator.handlers.job_control import control_job
 from cpt_operator.handlers.context import OperatorContext
 from cpt_operator.handlers.leadership import Leadership
 from cpt_operator.handlers.stores import CredentialsMissing, s3_store_for
@@ -167,18 +168,17 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     # The job only after the status: the job's change wakes the run's reconcile, which must
     # already read phase Halted (or Running, on a resume) and so agree with the suspension.
     job_name = status.get("pytorchJobName")
-    if out.halt and job_name:
-        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
-        HALTS.inc()
-        logger.info("halted CPTRun %s/%s: PyTorchJob %s suspended", namespace, name, job_name)
-    elif status.get("phase") == "Halted" and not out.resumed and job_name:
-        # Halted by an earlier pass whose job patch did not land (error, restart): finish it.
+    if job_name and (out.halt or out.resumed or status.get("phase") == "Halted"):
+        # A halt, a resume, or a halt of an earlier pass whose job write did not land (error,
+        # restart): stop or start the job the way whoever admits it supports (under Kueue: its
+        # Workload; a suspend alone would be undone by Kueue and keep the quota).
         job = await ctx.kube.get(kube.PYTORCHJOBS, namespace, job_name)
-        if job is not None and ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend") is not True:
-            await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
-            logger.info("re-suspended PyTorchJob %s of the halted CPTRun %s/%s", job_name, namespace, name)
-    if out.resumed and job_name and not spec.suspend and not spec.resources.queue_name:
-        await ctx.kube.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": False}}})
+        if job is not None:
+            want_stopped = spec.suspend or not out.resumed
+            await control_job(ctx, namespace, job, want_stopped, logger)
+            if out.halt:
+                HALTS.inc()
+                logger.info("halted CPTRun %s/%s: PyTorchJob %s stopped", namespace, name, job_name)
     for type_, reason, message in out.events:
         await post_event(ctx, body, type_, reason, message)
 

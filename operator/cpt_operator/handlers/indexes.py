@@ -36,7 +36,10 @@ def child_entry(namespace: str, labels: Any, body: Any, owner_label: str) -> dic
         return {}
     meta = body.get("metadata") or {}
     slim = {
-        "metadata": {"name": meta.get("name"), "namespace": namespace, "annotations": dict(meta.get("annotations") or {})},
+        "metadata": {"name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid"),
+                     "annotations": dict(meta.get("annotations") or {}),
+                     # Kueue's queue label says who owns runPolicy.suspend (decide/suspend.py).
+                     "labels": {k: v for k, v in (labels or {}).items() if k == names.KUEUE_QUEUE_LABEL}},
         "spec": {"runPolicy": dict((body.get("spec") or {}).get("runPolicy") or {}),
                  "completions": (body.get("spec") or {}).get("completions")},
         "status": dict(body.get("status") or {}),

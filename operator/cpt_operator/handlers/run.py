@@ -23,12 +23,13 @@ from cpt_operator.decide.checks import check_image, check_pool
 from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.immutable import changed_immutable_fields
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
-from cpt_operator.decide.suspend import initial_suspend, suspend_patch
+from cpt_operator.decide.suspend import initial_suspend, kueue_managed
 from cpt_operator.checkpoint_store import CheckpointsKept
 from cpt_operator.handlers.deletion import ClusterCheckpointDeleter
 from cpt_operator.handlers.common import check_secret, conditions_with, ensure_object, secret_retry, write_status
 from cpt_operator.handlers.context import context_of
 from cpt_operator.handlers.indexes import first, run_dependencies
+from cpt_operator.handlers.job_control import control_job
 from cpt_operator.render import names
 from cpt_operator.render.configmap import TRAINER_CONFIG_KEY, digest
 from cpt_operator.render.pod import ConflictingCredentials
@@ -52,8 +53,8 @@ def _cost(spec: CPTRunSpec, achieved_tflops: float, price: float) -> dict[str, f
     return {"flops": est.flops, "gpuHours": round(est.gpu_hours, 3), "cost": round(est.cost, 2)}
 
 
-def _mirror_job(updates: list[Any], view: JobView, spec: CPTRunSpec) -> str:
-    state = job_state(view, spec.suspend, spec.resources.queue_name)
+def _mirror_job(updates: list[Any], view: JobView, spec: CPTRunSpec, settings: Any) -> str:
+    state = job_state(view, spec.suspend, kueue_managed(view.queue_name, settings.kueue.manage_jobs_without_queue_name))
     updates.append((c.CREATED, True, c.JOB_CREATED, f"PyTorchJob {view.name}"))
     for type_, (ok, reason, message) in (
         (c.RUNNING, state.running), (c.SUSPENDED, state.suspended), (c.SUCCEEDED, state.succeeded), (c.FAILED, state.failed),
@@ -134,7 +135,7 @@ async def reconcile_run(
         updates.append((c.ACCEPTED, False, refusal_reason, refusal_message))
         if view is None:
             updates.append((c.CREATED, False, c.NOT_CREATED, refusal_message))
-        finish(_mirror_job(updates, view, run) if view is not None else "Pending")
+        finish(_mirror_job(updates, view, run, settings) if view is not None else "Pending")
         return
     updates.append((c.ACCEPTED, True, c.SPEC_ACCEPTED, "the spec is valid and allowed"))
 
@@ -143,7 +144,7 @@ async def reconcile_run(
         if view is None:
             updates.append((c.CREATED, False, c.NOT_CREATED, deps.message))
         # A running job keeps running (e.g. a replay corpus being re-curated): only new starts wait.
-        finish(_mirror_job(updates, view, run) if view is not None else deps.phase)
+        finish(_mirror_job(updates, view, run, settings) if view is not None else deps.phase)
         return
 
     try:
@@ -155,7 +156,7 @@ async def reconcile_run(
     except (ValidationError, ConflictingCredentials) as exc:
         reason = c.CONFLICTING_CREDENTIALS if isinstance(exc, ConflictingCredentials) else c.INVALID_SPEC
         updates.append((c.ACCEPTED, False, reason, str(exc)))
-        finish(_mirror_job(updates, view, run) if view is not None else "Pending")
+        finish(_mirror_job(updates, view, run, settings) if view is not None else "Pending")
         return
 
     configmap = render_trainer_configmap(inputs, settings)
@@ -190,17 +191,16 @@ async def reconcile_run(
                 await ensure_object(ctx, kube.CONFIGMAPS, configmap)
             await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name,
                                  {"metadata": {"annotations": {names.ANNOTATION_CONFIG_DIGEST: digest(config_text)}}})  # fmt: skip
-        wanted = suspend_patch(run.suspend, run.resources.queue_name, view.suspend, halted)
-        if wanted is False and await halted_meanwhile(ctx, namespace, name):
-            wanted = None  # this event's body predates the control loop's halt: never un-suspend it
-        if wanted is not None and current_phase not in TERMINAL_PHASES:
-            patched = await ctx.kube.patch(kube.PYTORCHJOBS, namespace, view.name, {"spec": {"runPolicy": {"suspend": wanted}}})
+        if current_phase not in TERMINAL_PHASES:
+            # Stopped the way whoever admits the job supports (under Kueue: its Workload). Before
+            # a start, a fresh read: this event's body may predate the control loop's halt.
+            patched = await control_job(ctx, namespace, job_body, run.suspend or halted, logger,
+                                        veto_start=lambda: halted_meanwhile(ctx, namespace, name))  # fmt: skip
             if patched is not None:
                 view = JobView.from_body(patched)
-                logger.info("set suspend=%s on PyTorchJob %s/%s", wanted, namespace, view.name)
 
-    phase = _mirror_job(updates, view, run)
-    if phase == "Suspended" and not halted and not run.suspend and not run.resources.queue_name:
+    phase = _mirror_job(updates, view, run, settings)
+    if phase == "Suspended" and not halted and not run.suspend:
         # Suspended by no one this body knows of: the forgetting monitor, after this event was sent.
         halted = await halted_meanwhile(ctx, namespace, name)
     desired["startedAt"] = current.get("startedAt") or now

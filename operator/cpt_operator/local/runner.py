@@ -269,7 +269,7 @@ class LocalRunner:
                     _say(f"halting CPTRun {run.name}: suspending the trainer (it checkpoints first)")
                     self.executor.suspend(job.name)
                     continue  # one more pass records the final checkpoint
-                view = job_state(JobView.from_body(job.pytorchjob_body()), tenant_suspend=False, queue_name=None)
+                view = job_state(JobView.from_body(job.pytorchjob_body()), tenant_suspend=False, queued=False)
                 if status.get("phase") != "Halted":
                     status["phase"] = view.phase
                 if bar is not None and status.get("progress"):

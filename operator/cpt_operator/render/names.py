@@ -10,7 +10,22 @@ from __future__ import annotations
 import hashlib
 import re
 
-from cpt_operator.api.common import GROUP
+# The keys live one layer below render/ and decide/ (cpt_operator.labels); re-exported here.
+from cpt_operator.labels import (  # noqa: F401
+    ANNOTATION_CONFIG_DIGEST,
+    ANNOTATION_SPEC_DIGEST,
+    KUEUE_JOB_UID_LABEL,
+    KUEUE_QUEUE_LABEL,
+    LABEL_COMPONENT,
+    LABEL_CORPUS,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_NAMESPACE,
+    LABEL_PART_OF,
+    LABEL_RUN,
+    MANAGED_BY,
+)
 
 DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
@@ -22,19 +37,6 @@ MAX_PYTORCHJOB_NAME = 48
 MAX_JOB_NAME = 52
 HASH_LENGTH = 8
 
-MANAGED_BY = "cpt-operator"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_RUN = f"{GROUP}/run"
-LABEL_CORPUS = f"{GROUP}/corpus"
-LABEL_NAMESPACE = f"{GROUP}/namespace"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-
-ANNOTATION_SPEC_DIGEST = f"{GROUP}/immutable-spec-digest"
-ANNOTATION_CONFIG_DIGEST = f"{GROUP}/config-digest"
 
 
 class InvalidName(ValueError):
