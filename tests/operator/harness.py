@@ -178,13 +178,15 @@ class OperatorProcess:
     KopfRunner does: Kopf cancels every task of its loop that it did not start, so it must
     not share the test's loop. Talks to the emulator over HTTP like a deployed operator."""
 
-    def __init__(self, url: str, settings: OperatorSettings | None = None, store: RunCheckpointsDeleter | None = None,
-                 tuning: Tuning | None = None, peering_priority: int | None = None):  # fmt: skip
+    def __init__(self, url: str = "", settings: OperatorSettings | None = None, store: RunCheckpointsDeleter | None = None,
+                 tuning: Tuning | None = None, peering_priority: int | None = None,
+                 connection: ClusterConnection | None = None):  # fmt: skip
         """With `peering_priority`, Kopf's cluster-wide peering is on (the ClusterKopfPeering
-        `tuning.peering_name` must exist); otherwise the operator runs standalone."""
+        `tuning.peering_name` must exist); otherwise the operator runs standalone. With
+        `connection` (a real API server and an identity), `url` is ignored."""
         import cpt_operator.main  # noqa: F401  (registers the handlers)
 
-        self.connection = ClusterConnection(server=url)
+        self.connection = connection or ClusterConnection(server=url)
         self.kube = KubeClient(self.connection)
         self.kube.calls = []
         self.ctx = OperatorContext(

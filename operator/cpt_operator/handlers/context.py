@@ -19,8 +19,10 @@ class Tuning:
     """First delay before re-checking a missing Secret (Secrets are not watched: least privilege)."""
     secret_retry_cap: float = 300.0
     """Longest delay between re-checks of a missing Secret."""
-    watch_server_timeout: float = 300.0
-    """Watch requests end after this (the API server closes them); Kopf re-lists and re-watches."""
+    watch_server_timeout: int = 300
+    """Watch requests end after this (the API server closes them); Kopf re-lists and re-watches.
+    Whole seconds: Kopf sends it as `timeoutSeconds`, which a real API server parses as an
+    integer ("300.0" is a 400 Bad Request and no watch ever starts)."""
     peering_name: str = "cpt-operator"
     """ClusterKopfPeering object replicas coordinate through (only one replica is active)."""
 

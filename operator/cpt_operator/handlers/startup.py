@@ -57,7 +57,7 @@ def configure_kopf(settings: kopf.OperatorSettings, ctx: OperatorContext) -> Non
     settings.posting.reporting_component = "cpt-operator"
     # Server-side watch timeout: watches are re-established regularly, so a silently dead
     # connection cannot freeze the operator; the client gives up a bit later than the server.
-    settings.watching.server_timeout = ctx.tuning.watch_server_timeout
+    settings.watching.server_timeout = int(ctx.tuning.watch_server_timeout)
     settings.watching.client_timeout = ctx.tuning.watch_server_timeout + 30
     settings.watching.connect_timeout = 30
     # API errors are retried with a short, bounded backoff (seconds), then the handler retries.
