@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from cpt_operator.api.reading import clip
 from cpt_operator.api.resources import InvalidResource, ManifestError, load_manifests
 from cpt_operator.plan_report import PlanError, build_plans, format_plan
 from cpt_operator.settings import load_settings
@@ -36,16 +37,19 @@ def _plan(args: argparse.Namespace) -> int:
         resources = load_manifests(args.files, default_namespace=args.namespace)
         plans = build_plans(resources, settings)
     except ManifestError as exc:
-        print(f"cpt plan: {exc}", file=sys.stderr)
+        print(clip(f"cpt plan: {exc}"), file=sys.stderr)
         return 2
     except InvalidResource as exc:
-        for err in exc.errors:
-            print(f"cpt plan: {exc.kind} {exc.name!r}: {err}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"cpt plan: {line}", file=sys.stderr)
         return 2
     except PlanError as exc:
         for line in exc.problems:
-            print(f"cpt plan: {line}", file=sys.stderr)
+            print(clip(f"cpt plan: {line}"), file=sys.stderr)
         return 2
+    for p in plans:
+        for warning in p.warnings:
+            print(clip(f"cpt plan: warning: CPTRun {p.run.namespace}/{p.run.name}: {warning}"), file=sys.stderr)
     if args.output == "json":
         print(json.dumps([p.as_dict() for p in plans], indent=2))
     else:
@@ -76,11 +80,11 @@ def _run_local(args: argparse.Namespace) -> int:
     try:
         states = LocalRunner(Path(args.dir), Path(args.workdir), poll_seconds=args.poll).run()
     except (ManifestError, LocalRunError) as exc:
-        print(f"cpt run-local: {exc}", file=sys.stderr)
+        print(clip(f"cpt run-local: {exc}"), file=sys.stderr)
         return 2
     except InvalidResource as exc:
-        for err in exc.errors:
-            print(f"cpt run-local: {exc.kind} {exc.name!r}: {err}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"cpt run-local: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cpt run-local: interrupted; run the same command again to resume", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
+from cpt_operator.api.common import describe_location, overlap
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.api.references import reference_problems
@@ -36,10 +37,11 @@ class RunPlan:
     objects: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     zero_stage: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes,
-                               "zero_stage": self.zero_stage}  # fmt: skip
+                               "zero_stage": self.zero_stage, "warnings": self.warnings}  # fmt: skip
         out["compute"] = dataclasses.asdict(self.compute) if self.compute else None
         if self.memory:
             out["memory"] = {**dataclasses.asdict(self.memory), "total": self.memory.total, "fits": self.memory.fits}
@@ -77,6 +79,43 @@ def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
     return problems
 
 
+def output_problems(resources: list[Resource]) -> list[str]:
+    """Corpora whose outputs are the same place, or one inside the other: each curation
+    would overwrite (or read) the other's shards."""
+    corpora = [r for r in resources if r.kind == "Corpus"]
+    problems = []
+    for i, a in enumerate(corpora):
+        for b in corpora[i + 1 :]:
+            relation = overlap(a.spec.output, b.spec.output, a.namespace, b.namespace)  # type: ignore[union-attr]
+            if relation:
+                what = {"equals": "is the output of", "inside": "lies inside the output of", "contains": "contains the output of"}
+                problems.append(
+                    f"Corpus {a.namespace}/{a.name}: spec.output {describe_location(a.spec.output)} "  # type: ignore[union-attr]
+                    f"{what[relation]} Corpus {b.namespace}/{b.name} ({describe_location(b.spec.output)}): "  # type: ignore[union-attr]
+                    "each curation would overwrite the other's shards; give each Corpus its own output"
+                )
+    return problems
+
+
+def run_warnings(spec: CPTRunSpec, steps: int, policy: CheckpointPolicySpec | None) -> list[str]:
+    """What still works but probably is not what was meant, naming the field."""
+    out = []
+    if spec.evaluation.interval > steps:
+        out.append(
+            f"spec.evaluation.interval {spec.evaluation.interval} is longer than the run ({steps} steps): "
+            "only the baseline evaluation runs, so the forgetting monitor never acts"
+        )
+    late = [p.step for p in spec.mixing.curriculum if p.step > steps]
+    if late:
+        out.append(f"spec.mixing.curriculum: step(s) {', '.join(map(str, late[:5]))} lie beyond the run's {steps} steps and never apply")
+    if policy is not None and policy.save_interval > steps:
+        out.append(
+            f"the CheckpointPolicy's saveInterval {policy.save_interval} is longer than the run ({steps} steps): "
+            "no intermediate checkpoint is saved"
+        )
+    return out
+
+
 def _objects(run: Resource, rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Of everything rendered, the objects of this run: its corpora's curation ConfigMaps and
     Jobs, then its trainer ConfigMap and PyTorchJob."""
@@ -99,7 +138,7 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
     """A plan per CPTRun; raises PlanError when references or pools do not resolve."""
     from cpt_operator.render import render_all
 
-    problems = reference_problems(resources)
+    problems = reference_problems(resources) + output_problems(resources)
     runs = [r for r in resources if r.kind == "CPTRun"]
     for run in runs:
         problems += _pool_problems(run, settings)
@@ -128,7 +167,13 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
                 spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
                 spec.training.precision, pool.gpu_memory_gib,
             )  # fmt: skip
-        plans.append(RunPlan(run, total_steps(spec), shape, compute, memory, _objects(run, rendered), notes, zero))
+        steps = total_steps(spec)
+        policy = next(
+            (r.spec for r in resources if r.kind == "CheckpointPolicy" and r.namespace == run.namespace and r.name == spec.checkpoint_policy_ref.name),
+            None,
+        )
+        warnings = run_warnings(spec, steps, policy)  # type: ignore[arg-type]
+        plans.append(RunPlan(run, steps, shape, compute, memory, _objects(run, rendered), notes, zero, warnings))
     return plans
 
 
@@ -166,6 +211,7 @@ def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
         ]
         lines += [f"                note: {n}" for n in m.notes]
     lines += [f"  note          {n}" for n in plan.notes]
+    lines += [f"  warning       {w}" for w in plan.warnings]
     if show_objects and plan.objects:
         lines.append("  objects the operator would create:")
         body = yaml.safe_dump_all(plan.objects, sort_keys=False, width=120)

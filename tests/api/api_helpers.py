@@ -46,3 +46,41 @@ def legal() -> dict[str, dict]:
         if "legal-cpt" in path:
             out.setdefault(doc["kind"], copy.deepcopy(doc))
     return out
+
+
+# --------------------------------------------------------------------------- `cpt plan` on hostile input
+
+CPT = REPO / ".venv" / "bin" / "cpt"
+MINIMAL = EXAMPLES / "minimal" / "cpt-minimal.yaml"
+
+
+def minimal_docs() -> dict[str, dict]:
+    """Fresh copies of the minimal example's three resources, by kind."""
+    return {d["kind"]: d for d in yaml.safe_load_all(MINIMAL.read_text())}
+
+
+def dump(docs: dict[str, dict] | list[dict]) -> str:
+    items = list(docs.values()) if isinstance(docs, dict) else docs
+    return yaml.safe_dump_all(items, sort_keys=False)
+
+
+def cpt_plan(path: Path, *args: str, timeout: float = 60):
+    """The real CLI entry point (`.venv/bin/cpt plan`) in a subprocess with a generous deadline:
+    a hang fails the test as a TimeoutExpired instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    command = [str(CPT)] if CPT.exists() else [sys.executable, "-m", "cpt_operator.cli"]
+    return subprocess.run([*command, "plan", str(path), "--no-objects", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def assert_one_clear_line(result, *expected: str, limit: int = 400) -> str:
+    """Exit 2, exactly one line on stderr, no traceback, each `expected` in it, a sane length."""
+    err = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, err[:2000])
+    assert "Traceback" not in err, err[:2000]
+    assert len(err.splitlines()) == 1, err[:2000]
+    assert len(err) <= limit, f"{len(err)} characters: {err[:500]}"
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    return err

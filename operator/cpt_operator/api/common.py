@@ -21,14 +21,18 @@ CATEGORY = "cpt"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# Kubernetes resource quantities (e.g. 4, 500m, 64Gi, 1.5e3).
-QUANTITY = r"^([+]?[0-9.]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# Kubernetes resource quantities (e.g. 4, 500m, 64Gi, 1.5e3): one number (not "...", not "1.2.3").
+QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # One path segment: may not start with '.', so '.' and '..' (and hidden names) never pass.
 _SEGMENT = r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*"
 # A relative path inside a volume or bucket: no leading '/', no '..' segment, no odd characters.
 RELATIVE_PATH = rf"^({_SEGMENT})(/{_SEGMENT})*/?$"
 OPTIONAL_RELATIVE_PATH = rf"^$|^({_SEGMENT})(/{_SEGMENT})*/?$"
 S3_URI = rf"^s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?$"
+# S3's bucket naming rules beyond S3_URI's characters and length: dot-separated labels (no
+# '..', '.-', '-.'), not an IP address. A CEL rule (the length bound needs S3_URI as well).
+S3_BUCKET_LABELS = "^s3://[a-z0-9]([a-z0-9-]*[a-z0-9])?([.][a-z0-9]([a-z0-9-]*[a-z0-9])?)*(/|$)"
+S3_BUCKET_IP = "^s3://[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(/|$)"
 ABSOLUTE_PATH = rf"^(/{_SEGMENT})+/?$"
 
 
@@ -138,6 +142,15 @@ class S3Location(APIModel):
         None, description="Secret with the credentials; omit to use the pod's own identity (IRSA, workload identity)."
     )
 
+    cel_rules = (
+        CEL(
+            f"self.uri.matches('{S3_BUCKET_LABELS}') && !self.uri.matches('{S3_BUCKET_IP}')",
+            "uri must name a valid S3 bucket: labels of lower-case letters, digits and '-' separated by single dots "
+            "(no '..', '.-' or '-.'), not an IP address",
+            ".uri",
+        ),
+    )
+
 
 class PVCLocation(APIModel):
     """A folder on a PersistentVolumeClaim in the same namespace."""
@@ -198,3 +211,45 @@ class Toleration(APIModel):
     value: str | None = Field(None, max_length=63, description="Taint value (operator Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; empty matches all.")
     toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: how long the pod stays bound.")
+
+
+# --------------------------------------------------------------------------- overlap
+
+
+def location_key(location: Location | StorageLocation, namespace: str = "") -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(store, path segments) of a location: two locations overlap when they share the store
+    and one's segments start the other's. PVCs are namespaced, S3 buckets are not."""
+    if location.s3 is not None:
+        rest = location.s3.uri[len("s3://"):]
+        bucket, _, prefix = rest.partition("/")
+        return ("s3", location.s3.endpoint or "", bucket), tuple(p for p in prefix.split("/") if p)
+    if location.pvc is not None:
+        return ("pvc", namespace, location.pvc.claim_name), tuple(p for p in location.pvc.path.split("/") if p)
+    local = getattr(location, "local", None)
+    if local is not None:
+        return ("local",), tuple(p for p in local.path.split("/") if p)
+    return None
+
+
+def describe_location(location: Location | StorageLocation) -> str:
+    if location.s3 is not None:
+        return location.s3.uri
+    if location.pvc is not None:
+        return f"pvc {location.pvc.claim_name}:/{location.pvc.path}"
+    local = getattr(location, "local", None)
+    return local.path if local is not None else "?"
+
+
+def overlap(a: Location | StorageLocation, b: Location | StorageLocation, namespace_a: str = "", namespace_b: str = "") -> str | None:
+    """'equals', 'inside' (a lies inside b), 'contains' (b lies inside a), or None."""
+    ka, kb = location_key(a, namespace_a), location_key(b, namespace_b)
+    if ka is None or kb is None or ka[0] != kb[0]:
+        return None
+    pa, pb = ka[1], kb[1]
+    if pa == pb:
+        return "equals"
+    if pa[: len(pb)] == pb:
+        return "inside"
+    if pb[: len(pa)] == pa:
+        return "contains"
+    return None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import sys
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from cpt_operator.api.common import (
     CEL,
@@ -14,7 +18,72 @@ from cpt_operator.api.common import (
     Quantity,
     StatusModel,
     StorageLocation,
+    describe_location,
+    overlap,
 )
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be a PII pattern (None when it can): it must compile under RE2
+    (linear-time matching: no backreferences or lookaround, so no catastrophic backtracking)
+    and under Python's `re` (the curation pods use it), and must not match the empty string
+    (it would put a placeholder between every two characters)."""
+    try:
+        import re2  # google-re2
+
+        options = re2.Options()
+        options.log_errors = False  # no absl lines on stderr
+        try:
+            compiled = re2.compile(pattern, options=options)
+        except re2.error as exc:
+            detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            return f"is not a valid RE2 regular expression (no backreferences or lookaround): {detail[:120]}"
+        matches_empty = compiled.search("") is not None
+    except ImportError:  # pragma: no cover - google-re2 is a dependency; Python's re still checks syntax
+        matches_empty = None
+    try:
+        python = re.compile(pattern)
+    except re.error as exc:
+        return f"is not a valid regular expression: {exc}"
+    if matches_empty is None:
+        matches_empty = python.search("") is not None
+    if matches_empty:
+        return "matches the empty string: it would put a placeholder between every two characters"
+    return None
+
+
+def _check_regex(value: str) -> str:
+    problem = regex_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def unicode_scripts() -> frozenset[str]:
+    """Script names the curation's script filter recognises: the first word of the Unicode
+    names of letters (lower case; CJK ideographs are 'han')."""
+    names = set()
+    for cp in range(sys.maxunicode + 1):
+        ch = chr(cp)
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            if name:
+                first = name.split(" ", 1)[0]
+                names.add("han" if first == "CJK" else first.lower())
+    return frozenset(names)
+
+
+_COMMON_SCRIPTS = {"latin", "cyrillic", "greek", "han", "arabic", "hebrew", "devanagari", "hangul", "hiragana", "katakana", "thai"}
+
+
+def _check_script(value: str) -> str:
+    if value.lower() not in _COMMON_SCRIPTS and value.lower() not in unicode_scripts():
+        raise ValueError(
+            f"{value[:64]!r} is not a Unicode script name (e.g. Latin, Cyrillic, Greek, Han, Arabic, Devanagari): "
+            "the language filter would drop every document"
+        )
+    return value
 
 
 class CorpusSource(APIModel):
@@ -86,7 +155,10 @@ class NationalIdPatternSpec(APIModel):
     """A national ID format to scrub, as a regular expression."""
 
     name: str = Field(max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="Kind name used in counts and replacements.")
-    regex: str = Field(min_length=1, max_length=512, description="Regular expression matching one ID.")
+    regex: Annotated[str, AfterValidator(_check_regex)] = Field(
+        min_length=1, max_length=512,
+        description="Regular expression matching one ID, in RE2 syntax (no backreferences or lookaround); must not match the empty string.",
+    )  # fmt: skip
 
 
 class PiiSpec(APIModel):
@@ -104,7 +176,10 @@ class LanguageFilterSpec(APIModel):
     """Keep documents mostly written in the given Unicode scripts."""
 
     enabled: bool = Field(False, description="Run this stage.")
-    scripts: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=lambda: ["Latin"], min_length=1, max_length=16, description="Unicode script names.")
+    scripts: list[Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_script)]] = Field(
+        default_factory=lambda: ["Latin"], min_length=1, max_length=16,
+        description="Unicode script names (Latin, Cyrillic, Greek, Han, Arabic, ...; case does not matter).",
+    )  # fmt: skip
     min_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Fraction of letters that must be in those scripts.")
 
 
@@ -144,6 +219,19 @@ class CorpusSpec(APIModel):
     parallelism: int = Field(1, ge=1, le=256, description="Curation pods; near-duplicates across their slices are still removed.")
     resources: CurationResources = Field(default_factory=CurationResources, description="Resources per curation pod.")
     seed: int = Field(0, ge=0, description="Seed of the evaluation split.")
+
+    @field_validator("output")
+    @classmethod
+    def _output_apart_from_sources(cls, output: StorageLocation, info: ValidationInfo) -> StorageLocation:
+        for i, source in enumerate(info.data.get("sources") or []):
+            relation = overlap(output, source.location)
+            if relation:
+                what = {"equals": "is", "inside": "lies inside", "contains": "contains"}[relation]
+                raise ValueError(
+                    f"{describe_location(output)} {what} sources[{i}] ({describe_location(source.location)}): "
+                    "curation would read its own output; write the output elsewhere"
+                )
+        return output
 
 
 class StageCount(StatusModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from cpt_operator.api.common import (
     CEL,
@@ -47,18 +47,40 @@ class CurriculumPoint(APIModel):
     alpha: float = Field(ge=0.0, le=1.0, description="Domain fraction of tokens at that step.")
 
 
+def _check_curriculum_order(points: list[CurriculumPoint]) -> list[CurriculumPoint]:
+    for i in range(1, len(points)):
+        if points[i].step <= points[i - 1].step:
+            raise ValueError(
+                f"curriculum[{i}].step {points[i].step} does not come after curriculum[{i - 1}].step {points[i - 1].step}: "
+                "list the points in increasing step order, each step once"
+            )
+    return points
+
+
 class MixingSpec(APIModel):
     """How domain and replay tokens are mixed (exact, seeded, resumable)."""
 
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="Domain fraction of training tokens (typical 0.5-0.9).")
-    curriculum: list[CurriculumPoint] = Field(default_factory=list, max_length=64, description="Alpha by step; overrides alpha when set.")
+    curriculum: Annotated[list[CurriculumPoint], AfterValidator(_check_curriculum_order)] = Field(
+        default_factory=list, max_length=64, description="Alpha by step, in increasing step order; overrides alpha when set."
+    )
+
+    cel_rules = (
+        CEL(
+            "!has(self.curriculum) || self.curriculum.all(p, self.curriculum.exists_one(q, q.step == p.step))",
+            "curriculum must not list the same step twice",
+            ".curriculum",
+        ),
+    )
 
 
 class TokenizerExtensionSpec(APIModel):
     """Add frequent, fragmented domain words to the vocabulary; new embeddings start at the mean."""
 
     enabled: bool = Field(False, description="Extend the vocabulary.")
-    tokens: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=4096, description="Tokens to add.")
+    tokens: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]] = Field(
+        default_factory=list, max_length=4096, description="Tokens to add (not empty, not only whitespace)."
+    )
     from_corpus: Name | None = Field(None, description="Also add the proposed extension of this Corpus (a domain corpus of the run).")
 
     cel_rules = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,39 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 
 def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut for echoing in a message (a 5 MB value is not echoed whole)."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def normalize_numbers(value: Any, schema: dict[str, Any]) -> Any:
+    """Integral floats in integer (and int-or-string) fields become ints, as the API server
+    reads JSON: `totalTokens: 5e10` is the integer 50000000000. Returns the new value."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**63:
+        if schema.get("type") == "integer" or schema.get("x-kubernetes-int-or-string"):
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        if "properties" in schema:
+            props = schema["properties"]
+            for key, item in value.items():
+                if key in props:
+                    value[key] = normalize_numbers(item, props[key])
+        elif isinstance(schema.get("additionalProperties"), dict):
+            for key, item in value.items():
+                value[key] = normalize_numbers(item, schema["additionalProperties"])
+    elif isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            value[i] = normalize_numbers(item, schema["items"])
+    return value
 
 
 def check_structure(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
@@ -96,18 +129,24 @@ def check_structure(value: Any, schema: dict[str, Any], path: str, errors: list[
     if kind and not _type_ok(value, kind):
         errors.append(FieldError(path, f"must be {('an ' if kind[0] in 'aeiou' else 'a ') + kind}, not {_describe(value)}"))
         return
+    if kind == "number" and isinstance(value, float) and not math.isfinite(value):
+        errors.append(FieldError(path, "must be a finite number, not Infinity or NaN"))
+        return
     if "enum" in schema and value not in schema["enum"]:
         allowed = ", ".join(str(v) for v in schema["enum"])
-        errors.append(FieldError(path, f"unsupported value {value!r}: must be one of {allowed}"))
+        errors.append(FieldError(path, f"unsupported value {_short(value)}: must be one of {allowed}"))
     if kind in ("integer", "number"):
         _check_bounds(value, schema, path, errors)
     if kind == "string":
         if "minLength" in schema and len(value) < schema["minLength"]:
             errors.append(FieldError(path, f"must be at least {schema['minLength']} characters long"))
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(FieldError(path, f"must be at most {schema['maxLength']} characters long"))
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(FieldError(path, f"{value!r} does not match the pattern {schema['pattern']}"))
+            errors.append(FieldError(path, f"must be at most {schema['maxLength']} characters long (has {len(value):,})"))
+        elif "pattern" in schema and not re.search(schema["pattern"], value):
+            if schema.get("x-kubernetes-int-or-string"):
+                errors.append(FieldError(path, f"{_short(value)} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi, 1.5e3)"))
+                return
+            errors.append(FieldError(path, f"{_short(value)} does not match the pattern {schema['pattern']}"))
     if kind == "array":
         if "minItems" in schema and len(value) < schema["minItems"]:
             errors.append(FieldError(path, f"must have at least {schema['minItems']} item(s)"))
@@ -192,9 +231,9 @@ def check_rules(
         for i, item in enumerate(value):
             # Items of plain lists do not correlate with the old object: no transition rules there.
             check_rules(item, schema["items"], _join(path, i), errors, _MISSING)
-    rules = schema.get("x-kubernetes-validations", [])
+    rules = [r for r in schema.get("x-kubernetes-validations", []) if old is not _MISSING or not _uses_old_self(r["rule"])]
     if not rules:
-        return
+        return  # (transition rules only run on updates: no activation to build)
     activation = {"self": celpy.json_to_cel(_to_cel_input(value, schema))}
     if old is not _MISSING:
         activation["oldSelf"] = celpy.json_to_cel(_to_cel_input(old, schema))
@@ -229,10 +268,10 @@ def validate_object(
     Returns the defaulted object and every problem found; CEL rules run only once the
     structure is sound (as the API server does, so rules never see ill-typed values).
     """
-    defaulted = apply_defaults(obj, schema)
+    defaulted = normalize_numbers(apply_defaults(obj, schema), schema)
     errors: list[FieldError] = []
     check_structure(defaulted, schema, "", errors)
     if not errors:
-        old_defaulted = apply_defaults(old, schema) if old is not None else _MISSING
+        old_defaulted = normalize_numbers(apply_defaults(old, schema), schema) if old is not None else _MISSING
         check_rules(defaulted, schema, "", errors, old_defaulted)
     return defaulted, errors
