@@ -15,6 +15,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN = f"{GROUP}/run"
+# The CPTRun's metadata.uid on the pods the operator creates for it: with the namespace (from
+# service discovery) the identity Prometheus gives a trainer's series (`run_uid`), so a
+# recreated run of the same name never reads the old run's series.
+LABEL_RUN_UID = f"{GROUP}/run-uid"
 LABEL_CORPUS = f"{GROUP}/corpus"
 LABEL_NAMESPACE = f"{GROUP}/namespace"
 

@@ -11,7 +11,7 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from conftest import CHART_DIR, load_sync_module
+from chart_support import CHART_DIR, load_sync_module
 
 LUA_DIR = CHART_DIR / "argocd" / "cpt.dev"
 CRDS = {p.stem.split("_", 1)[1]: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (CHART_DIR / "crds").glob("cpt.dev_*.yaml")}

@@ -9,7 +9,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART_DIR, RELEASE_NAMESPACE, SCENARIOS, TENANTS, find, one
+from chart_support import CHART_DIR, RELEASE_NAMESPACE, SCENARIOS, TENANTS, find, one
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 

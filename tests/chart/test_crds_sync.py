@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from conftest import CHART_DIR, REPO, load_sync_module
+from chart_support import CHART_DIR, REPO, load_sync_module
 
 
 def test_chart_crds_equal_top_level_crds() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import CHART_DIR, REPO
+from chart_support import CHART_DIR, REPO
 
 IMAGES = REPO / "images"
 

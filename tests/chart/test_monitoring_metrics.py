@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cpt_trainer.contract import metrics as contract
 
-from conftest import CHART_DIR, SCENARIOS, find, one
+from chart_support import CHART_DIR, SCENARIOS, find, one
 
 HISTOGRAMS = {m.name for m in contract.TRAINER_METRICS + contract.OPERATOR_METRICS if m.kind == "histogram"}
 
@@ -139,6 +139,7 @@ def trainer_pod_labels(role: str) -> dict[str, str]:
     from cpt_operator.render import names
 
     labels = names.run_labels("team-a", "legal", "trainer")
+    labels[names.LABEL_RUN_UID] = "uid-of-the-run"
     labels["cpt.dev/replica-type"] = role
     return labels
 
@@ -160,7 +161,7 @@ def test_podmonitor_selects_the_master_trainer_pod_of_every_watched_namespace(sc
 
     assert not selects(names.corpus_labels("team-a", "contracts"))
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is False  # identity from discovery (issue 12)
     if scenario.startswith("cluster"):
         assert pm["spec"]["namespaceSelector"] == {"any": True}
     else:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import CHART_DIR, RELEASE_NAMESPACE, SCENARIOS, TENANTS, find, load_sync_module, one
+from chart_support import CHART_DIR, RELEASE_NAMESPACE, SCENARIOS, TENANTS, find, load_sync_module, one
 
 Triple = tuple[str, str, str]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from cpt_operator.settings import OperatorSettings, load_settings
 
-from conftest import SCENARIOS, TENANTS, one
+from chart_support import SCENARIOS, TENANTS, one
 
 SETTINGS_CM = "cpt-cpt-operator-settings"
 

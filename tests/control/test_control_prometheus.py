@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from loopback_servers import free_port
+from loopback_servers import PodTarget, free_port
 from cpt_operator.control.prometheus import (
     MetricsUnavailable,
     PrometheusClient,
@@ -19,6 +19,11 @@ from cpt_operator.control.prometheus import (
 from cpt_trainer.contract import metrics as names
 
 CRAFTED = ['evil"}', 'x",run=~".+', "back\\slash", 'multi\nline', "a'b"]
+
+
+def pod(namespace: str, run: str, port: int, uid: str = "uid-1") -> PodTarget:
+    """The run's trainer pod as service discovery sees it (the labels the operator renders)."""
+    return PodTarget(f"127.0.0.1:{port}", namespace, {"cpt.dev/run": run, "cpt.dev/run-uid": uid})
 
 
 def exporter(runs: dict[tuple[str, str], float]):
@@ -47,28 +52,41 @@ def test_escaping_produces_valid_string_literals():
 
 
 def test_reads_each_run_and_crafted_names_stay_inside_their_own_run(prometheus_factory):
+    # One pod per run. The crafted names cannot be pod labels (Kubernetes allows no quotes or
+    # new-lines in label values): one pod of tenant-c exports them as its own `run` labels, which
+    # Prometheus keeps as `exported_run` (the pod's identity is run "c").
     runs = {("tenant-a", "run"): 11.0, ("tenant-b", "run"): 22.0}
-    runs.update({("tenant-c", name): 100.0 + i for i, name in enumerate(CRAFTED)})
-    port, server = exporter(runs)
+    servers, targets = [], []
+    for (ns, run), value in runs.items():
+        port, server = exporter({(ns, run): value})
+        servers.append(server)
+        targets.append(pod(ns, run, port))
+    port, server = exporter({("tenant-c", name): 100.0 + i for i, name in enumerate(CRAFTED)})
+    servers.append(server)
+    targets.append(pod("tenant-c", "c", port))
     try:
-        prom = prometheus_factory([f"127.0.0.1:{port}"])
+        prom = prometheus_factory(targets)
         client = PrometheusClient(prom.url)
-        got = wait_for(lambda: client.run_metrics("tenant-a", "run").get(names.DOMAIN_PERPLEXITY))
-        assert got == 11.0
-        assert client.run_metrics("tenant-b", "run").get(names.DOMAIN_PERPLEXITY) == 22.0
+        wait_for(lambda: len(client.query(names.DOMAIN_PERPLEXITY.name)) == len(runs) + len(CRAFTED))  # every pod scraped
+        assert client.run_metrics("tenant-a", "run", "uid-1").get(names.DOMAIN_PERPLEXITY) == 11.0
+        assert client.run_metrics("tenant-b", "run", "uid-1").get(names.DOMAIN_PERPLEXITY) == 22.0
         for i, name in enumerate(CRAFTED):
-            samples = client.query(names.DOMAIN_PERPLEXITY.name + label_matcher(namespace="tenant-c", run=name))
-            assert [(s.labels["run"], s.value) for s in samples] == [(name, 100.0 + i)]
-        assert client.run_metrics("tenant-a", 'run"} or vector(1) #').values == {}
+            samples = client.query(names.DOMAIN_PERPLEXITY.name + label_matcher(namespace="tenant-c", exported_run=name))
+            assert [(s.labels["exported_run"], s.labels["run"], s.value) for s in samples] == [(name, "c", 100.0 + i)]
+            assert client.run_metrics("tenant-c", name, "uid-1").values == {}  # an exported name is no identity
+            assert client.run_metrics("tenant-c", "c", name).values == {}
+        assert client.run_metrics("tenant-a", 'run"} or vector(1) #', "uid-1").values == {}
+        assert client.run_metrics("tenant-a", "run", 'uid-1"} or vector(1) #').values == {}
         assert client.last_latency is not None
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
 
 
 def test_prometheus_down_is_metrics_unavailable():
     client = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(MetricsUnavailable):
-        client.run_metrics("ns", "run")
+        client.run_metrics("ns", "run", "uid-1")
 
 
 def test_direct_scrape_fallback_reads_only_the_run():
@@ -86,7 +104,7 @@ def test_evaluations_between_control_passes_are_recovered_by_a_range_query(prome
     port = free_port()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
-        prom = prometheus_factory([f"127.0.0.1:{port}"])
+        prom = prometheus_factory([pod("ns", "run", port)])
         client = PrometheusClient(prom.url)
         wait_for(lambda: client.query('up{job="trainer"} == 1'))  # Prometheus applies new targets after ~5 s
         started = time.time()
@@ -94,7 +112,7 @@ def test_evaluations_between_control_passes_are_recovered_by_a_range_query(prome
             gauges[names.EVAL_STEP.name].labels("ns", "run").set(step)
             gauges[names.GENERAL_REGRESSION.name].labels("ns", "run").set(regression)
             time.sleep(2.5)
-        evals = client.evaluations_between("ns", "run", started - 5, time.time(), 0.5)
+        evals = client.evaluations_between("ns", "run", "uid-1", started - 5, time.time(), 0.5)
         assert [(e["step"], e["generalRegression"]) for e in evals] == [(100, 0.01), (200, 0.05), (300, 0.07)]
     finally:
         server.shutdown()

@@ -180,7 +180,7 @@ class OperatorProcess:
 
     def __init__(self, url: str = "", settings: OperatorSettings | None = None, store: RunCheckpointsDeleter | None = None,
                  tuning: Tuning | None = None, peering_priority: int | None = None,
-                 connection: ClusterConnection | None = None):  # fmt: skip
+                 connection: ClusterConnection | None = None, namespaces: list[str] | None = None):  # fmt: skip
         """With `peering_priority`, Kopf's cluster-wide peering is on (the ClusterKopfPeering
         `tuning.peering_name` must exist); otherwise the operator runs standalone. With
         `connection` (a real API server and an identity), `url` is ignored."""
@@ -196,6 +196,9 @@ class OperatorProcess:
             identity=f"test-operator-{uuid.uuid4().hex[:8]}",
         )  # fmt: skip
         self.peering_priority = peering_priority
+        self.namespaces = namespaces  # namespaced scope (as `cpt-operator --namespace`); None: cluster-wide
+        if namespaces:
+            self.ctx.settings.watch_namespaces = list(namespaces)
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
@@ -210,7 +213,7 @@ class OperatorProcess:
         async def body() -> None:
             self.task = asyncio.current_task()  # type: ignore[assignment]
             peered = self.peering_priority is not None
-            await kopf.operator(clusterwide=True, standalone=not peered, priority=self.peering_priority or 0,
+            await kopf.operator(clusterwide=not self.namespaces, namespaces=self.namespaces or [], standalone=not peered, priority=self.peering_priority or 0,
                                 identity=self.ctx.identity, memo=kopf.Memo(ctx=self.ctx),  # type: ignore[arg-type]
                                 stop_flag=self.stop_flag, ready_flag=self.ready)  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""The metrics control loop for real: Debian's Prometheus scrapes a real exporter on loopback
-(standing in for two trainers), and the Kopf operator, running against the emulated API
+"""The metrics control loop for real: Debian's Prometheus scrapes real exporters on loopback
+(standing in for two trainers' pods), and the Kopf operator, running against the emulated API
 server, reads it. A run whose general score degrades is halted within two evaluation
 intervals after the patience window and its PyTorchJob is suspended; a healthy run never is."""
 
@@ -21,13 +21,13 @@ EVAL_INTERVAL = 3.0  # seconds between the fake trainers' evaluations
 
 async def test_degrading_run_is_halted_and_healthy_run_is_not(cluster: Any, client: kube.KubeClient, prometheus_factory: Any) -> None:
     _, url = cluster
-    trainers = TrainerExporter()
-    prom = prometheus_factory([f"127.0.0.1:{trainers.port}"])
+    prom = prometheus_factory()
+    trainers = TrainerExporter(prom)
     op = await start_operator(url, prom.url)
     try:
         sick, healthy = "tenant-sick", "tenant-healthy"
         for ns in (sick, healthy):
-            await start_run(client, ns)
+            await start_run(client, ns, trainers)
         evaluation = CPTRunSpec.model_validate((await client.get(kube.CPTRUNS, sick, RUN))["spec"]).evaluation
         patience = evaluation.patience  # the schema defaults: 3 evaluations over 3 %
         assert evaluation.forgetting_threshold == 0.03
@@ -81,12 +81,12 @@ async def test_pvc_checkpoints_are_rotated_through_the_retain_configmap(cluster:
     """The minimal example keeps its checkpoints on a PVC (keepLastN 2, keepBestK 1): the
     operator decides from the trainer's listing and writes the retain list the pod mounts."""
     _, url = cluster
-    trainers = TrainerExporter()
-    prom = prometheus_factory([f"127.0.0.1:{trainers.port}"])
+    prom = prometheus_factory()
+    trainers = TrainerExporter(prom)
     op = await start_operator(url, prom.url)
     ns = "tenant-pvc"
     try:
-        await start_run(client, ns)
+        await start_run(client, ns, trainers)
         job = await client.get(kube.PYTORCHJOBS, ns, pytorchjob_name(RUN))
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         assert {"name": "retain", "configMap": {"name": retain_configmap_name(RUN), "optional": True}} in pod["volumes"]

@@ -111,14 +111,14 @@ async def test_operator_killed_between_evaluations_records_each_once_and_loses_n
     cluster: Any, client: kube.KubeClient, prometheus_factory: Any
 ) -> None:
     _, url = cluster
-    trainer = FakeTrainer()
-    prom = prometheus_factory([f"127.0.0.1:{trainer.port}"])
+    prom = prometheus_factory()
+    trainer = FakeTrainer(prom)
     operators: list[OperatorProcess] = []
     try:
         # 1. Operator A records the first evaluation and its checkpoint.
         a = await start_operator(url, prom.url)
         operators.append(a)
-        await start_run(client, NS)
+        await start_run(client, NS, trainer)
         trainer.publish(500)
 
         async def recorded(step: int) -> Any:
@@ -222,8 +222,8 @@ async def test_halt_survives_a_reconcile_during_the_halt(cluster: Any, client: k
     un-suspended it every time; the first pass of a restarted operator, racing its resume
     handler, did too, now and then, in the test above)."""
     emulator, url = cluster
-    trainer = FakeTrainer()
-    prom = prometheus_factory([f"127.0.0.1:{trainer.port}"])
+    prom = prometheus_factory()
+    trainer = FakeTrainer(prom)
     slow = asyncio.Event()
     handle = emulator._handle
 
@@ -237,7 +237,7 @@ async def test_halt_survives_a_reconcile_during_the_halt(cluster: Any, client: k
     op: OperatorProcess | None = None
     try:
         op = await start_operator(url, prom.url)
-        await start_run(client, NS)
+        await start_run(client, NS, trainer)
         for step in (500, 1000):
             trainer.publish(step)
 

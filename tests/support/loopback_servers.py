@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -44,29 +48,102 @@ def s3(s3_endpoint, monkeypatch, request):
     return client
 
 
-class PrometheusServer:
-    """Debian's prometheus binary on 127.0.0.1, scraping the given targets every second."""
+# The chart's PodMonitor (charts/cpt-operator/templates/podmonitor.yaml), as the test Prometheus
+# applies it: honorLabels false and these relabelings, in the PodMonitor's own (camelCase) form.
+# tests/chart/test_chart_metrics_identity.py asserts the rendered chart says exactly this, so the
+# two cannot drift apart. Prometheus-operator turns each into a relabel_config the same way
+# (`relabel_config`); the pod's service-discovery labels come from `PodTarget`.
+PODMONITOR_HONOR_LABELS = False
+PODMONITOR_RELABELINGS: list[dict[str, Any]] = [
+    {"sourceLabels": ["__meta_kubernetes_pod_label_cpt_dev_run", "__meta_kubernetes_pod_label_cpt_dev_run_uid"],
+     "regex": ".+;.+", "action": "keep"},
+    {"sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "namespace", "action": "replace"},
+    {"sourceLabels": ["__meta_kubernetes_pod_label_cpt_dev_run"], "targetLabel": "run", "action": "replace"},
+    {"sourceLabels": ["__meta_kubernetes_pod_label_cpt_dev_run_uid"], "targetLabel": "run_uid", "action": "replace"},
+]  # fmt: skip
 
-    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s"):
+_CAMEL = {"sourceLabels": "source_labels", "targetLabel": "target_label", "regex": "regex", "action": "action",
+          "replacement": "replacement", "separator": "separator", "modulus": "modulus"}  # fmt: skip
+
+
+def relabel_config(relabeling: dict[str, Any]) -> dict[str, Any]:
+    """A PodMonitor relabeling as a Prometheus relabel_config."""
+    return {_CAMEL[k]: (v.lower() if k == "action" else v) for k, v in relabeling.items()}
+
+
+def sd_label_name(key: str) -> str:
+    """A Kubernetes label key as Prometheus' Kubernetes discovery spells it in `__meta_*` names."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+@dataclass
+class PodTarget:
+    """A trainer pod as Prometheus' Kubernetes pod discovery sees it: its address, its namespace
+    and its labels (what the platform says about it, not what it exports)."""
+
+    address: str
+    namespace: str
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics_path: str = "/metrics"
+
+    def discovered(self) -> dict[str, Any]:
+        """The target as a file_sd entry: `__meta_kubernetes_*` labels like the pod role sets."""
+        labels = {"__meta_kubernetes_namespace": self.namespace, "__metrics_path__": self.metrics_path}
+        for key, value in self.labels.items():
+            labels[f"__meta_kubernetes_pod_label_{sd_label_name(key)}"] = value
+            labels[f"__meta_kubernetes_pod_labelpresent_{sd_label_name(key)}"] = "true"
+        return {"targets": [self.address], "labels": labels}
+
+
+class PrometheusServer:
+    """Debian's prometheus binary on 127.0.0.1, scraping the given pods every second with the
+    chart PodMonitor's honorLabels and relabelings. Targets come from file-based discovery
+    (`add_target`), so a pod can appear after Prometheus started, as on a cluster; a pod's
+    identity labels (namespace, run, run_uid) are its discovered ones, never what it exports."""
+
+    def __init__(self, workdir: Path, targets: list[PodTarget], scrape_interval: str = "1s"):
+        for t in targets:
+            if not isinstance(t, PodTarget):
+                raise TypeError(f"target {t!r}: give a PodTarget (a pod's namespace and labels, as service discovery sees them)")
         self.workdir = workdir
         self.scrape_interval = scrape_interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = targets
+        self.targets = list(targets)
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def targets_file(self) -> Path:
+        return self.workdir / "pods.json"
+
+    def _write_targets(self) -> None:
+        tmp = self.workdir / "pods.json.tmp"
+        tmp.write_text(json.dumps([t.discovered() for t in self.targets]))
+        tmp.replace(self.targets_file)
+
+    def add_target(self, target: PodTarget) -> None:
+        """A pod appears (Prometheus applies new targets after ~5 s)."""
+        self.targets.append(target)
+        self._write_targets()
 
     def start(self) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("the prometheus binary is missing: apt-get install -y prometheus (make test does)")
-        config = self.workdir / "prometheus.yml"
-        config.write_text(
-            f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: {self.scrape_interval}\n"
-            "scrape_configs:\n  - job_name: trainer\n    honor_labels: true\n    static_configs:\n"
-            f"      - targets: {self.targets!r}\n"
-        )
+        self._write_targets()
+        config = {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "scrape_configs": [{
+                "job_name": "trainer",
+                "honor_labels": PODMONITOR_HONOR_LABELS,
+                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+                "relabel_configs": [relabel_config(r) for r in PODMONITOR_RELABELINGS],
+            }],
+        }  # fmt: skip
+        path = self.workdir / "prometheus.yml"
+        path.write_text(json.dumps(config))  # JSON is YAML
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "prometheus.log", "w"),
         )  # fmt: skip
@@ -90,8 +167,8 @@ class PrometheusServer:
 def prometheus_factory(tmp_path):
     servers: list[PrometheusServer] = []
 
-    def make(targets: list[str]) -> PrometheusServer:
-        server = PrometheusServer(tmp_path / f"prom{len(servers)}", targets)
+    def make(targets: list[PodTarget] | None = None) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prom{len(servers)}", targets or [])
         server.workdir.mkdir()
         server.start()
         servers.append(server)

@@ -2,6 +2,14 @@
 
 Every tenant-supplied value reaches PromQL only through `label_matcher`, which escapes it
 as a PromQL string literal, so a crafted run name or namespace cannot widen a selector.
+
+A series' run identity is what service discovery says about the pod Prometheus scraped, never
+what the pod exported (a tenant controls its pods' output): the chart's PodMonitor sets
+`namespace` from the pod's namespace and `run` / `run_uid` from the labels the operator puts
+on the pods it creates (cpt.dev/run, cpt.dev/run-uid), with honorLabels false, so a trainer's
+own `namespace`/`run` labels arrive as `exported_namespace`/`exported_run`. The operator
+selects by all three (`IDENTITY_LABELS`): a pod of another namespace cannot feed a run, and a
+run recreated under the same name (a new uid) never reads the old run's series.
 """
 
 from __future__ import annotations
@@ -48,9 +56,21 @@ def label_matcher(**labels: str) -> str:
     return "{" + inner + "}"
 
 
-def run_selector(namespace: str, run: str) -> str:
+IDENTITY_LABELS = ("namespace", "run", "run_uid")
+"""The target labels (set by the PodMonitor's relabelings from service discovery) that name a run."""
+
+
+def identity_matcher(namespace: str, run: str, uid: str) -> str:
+    """`{namespace="..",run="..",run_uid=".."}`, escaped. Every part must be non-empty: in PromQL
+    `run_uid=""` also matches series without the label (a scrape that did not set it)."""
+    if not (namespace and run and uid):
+        raise MetricsUnavailable(f"run identity incomplete (namespace={namespace!r}, run={run!r}, uid={uid!r}): no query made")
+    return label_matcher(namespace=namespace, run=run, run_uid=uid)
+
+
+def run_selector(namespace: str, run: str, uid: str) -> str:
     """All cpt_ trainer metrics of one run (one query per control-loop pass)."""
-    return label_matcher(namespace=namespace, run=run)[:-1] + ',__name__=~"cpt_.+"}'
+    return identity_matcher(namespace, run, uid)[:-1] + ',__name__=~"cpt_.+"}'
 
 
 @dataclass
@@ -165,19 +185,21 @@ class PrometheusClient:
             out[key] = [(float(t), float(v)) for t, v in r["values"]]
         return out
 
-    def run_metrics(self, namespace: str, run: str, window_seconds: float = 0.0, step_seconds: float = 5.0) -> RunMetrics:
+    def run_metrics(self, namespace: str, run: str, uid: str, window_seconds: float = 0.0, step_seconds: float = 5.0) -> RunMetrics:
         """The run's latest metrics (one instant query) and, with a window, its evaluations in
-        that window (one range query)."""
-        out = run_metrics_from_samples(self.query(run_selector(namespace, run)))
+        that window (one range query); `uid` is the CPTRun's metadata.uid."""
+        out = run_metrics_from_samples(self.query(run_selector(namespace, run, uid)))
         if window_seconds > 0 and out.values:
             end = time.time()
-            out.recent_evaluations = self.evaluations_between(namespace, run, end - window_seconds, end, step_seconds)
+            out.recent_evaluations = self.evaluations_between(namespace, run, uid, end - window_seconds, end, step_seconds)
         return out
 
-    def evaluations_between(self, namespace: str, run: str, start: float, end: float, step: float) -> list[dict[str, float | int | None]]:
+    def evaluations_between(
+        self, namespace: str, run: str, uid: str, start: float, end: float, step: float
+    ) -> list[dict[str, float | int | None]]:
         """Every evaluation whose samples fall in [start, end], by step, oldest first."""
         wanted = (names.EVAL_STEP.name, names.GENERAL_REGRESSION.name, names.DOMAIN_PERPLEXITY.name)
-        selector = label_matcher(namespace=namespace, run=run)[:-1] + f',__name__=~"{"|".join(wanted)}"}}'
+        selector = identity_matcher(namespace, run, uid)[:-1] + f',__name__=~"{"|".join(wanted)}"}}'
         series = self.query_range(selector, start, end, step)
         by_time: dict[float, dict[str, float]] = {}
         for (name, _labels), points in series.items():
@@ -198,7 +220,10 @@ class PrometheusClient:
 
 
 def scrape_run_metrics(url: str, namespace: str, run: str, timeout: float = 5.0) -> RunMetrics:
-    """Local-mode fallback: read the trainer's /metrics endpoint directly."""
+    """Direct-scrape fallback: read one trainer's /metrics endpoint. The caller vouches that
+    `url` is the run's own trainer (local mode: the process it started; without Prometheus: a
+    pod of the run's namespace carrying the run's cpt.dev/run-uid, `handlers.control`); only
+    series that also name this namespace and run are read."""
     try:
         text = requests.get(url, timeout=timeout).text
     except requests.RequestException as exc:

@@ -26,7 +26,7 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.conditions import now_rfc3339, set_condition, truncate_message
 from cpt_operator.control.prometheus import RunMetrics
-from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError, retain_list
+from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError, VolumeCheckpointStore, retain_list
 from cpt_operator.decide.forgetting import EvalPoint, decide_forgetting
 from cpt_operator.decide.retention import (
     EvaluatedCheckpoint,
@@ -57,6 +57,12 @@ THRESHOLD_EXCEEDED = "ForgettingThresholdExceeded"
 ROTATED = "Rotated"
 STORAGE_UNAVAILABLE = "StorageUnavailable"
 DELETION_REFUSED = "DeletionRefused"
+CHECKPOINT_LISTING = "CheckpointListingPlausible"
+"""False while the trainer's metrics list checkpoint steps the run cannot have written (beyond
+its totalSteps, or beyond the step it reports): those steps are ignored (never recorded, never
+kept, never a reason to delete)."""
+IMPLAUSIBLE_STEPS = "ImplausibleCheckpointSteps"
+LISTING_PLAUSIBLE = "ListingPlausible"
 
 MAX_EVALUATIONS = 200
 
@@ -77,6 +83,8 @@ class ControlInputs:
     # The tenant's explicit resume of a halted run: the `cpt.dev/resume-after-step` annotation.
     # Evaluations at or before that step no longer count towards forgetting.
     resume_after_step: int | None = None
+    # What `plausible_listing` ignored of the trainer's checkpoint listing (a message), if anything.
+    implausible_checkpoints: str | None = None
 
 
 @dataclass
@@ -103,6 +111,43 @@ def retention_policy(policy: CheckpointPolicySpec) -> RetentionPolicy:
         weight_domain=policy.composite_weights.domain,
         weight_general=policy.composite_weights.general,
     )
+
+
+def plausible_listing(spec: CPTRunSpec, m: RunMetrics) -> tuple[dict[int, dict[str, Any]], str | None]:
+    """The trainer's checkpoint listing (PVC storage, `m.volume_checkpoints`) without the steps
+    the run cannot have written: beyond its totalSteps, or beyond the `cpt_step` it reports
+    (a trainer resumes from its newest checkpoint, so it is never behind one; without a
+    `cpt_step` nothing can be checked and nothing is taken). Returns the plausible entries and,
+    when some were ignored, a message saying which and why."""
+    steps = total_steps(spec)
+    current = m.get(names.STEP)
+    kept: dict[int, dict[str, Any]] = {}
+    ignored: list[str] = []
+    for step in sorted(m.volume_checkpoints):
+        if step > steps:
+            ignored.append(f"{step} (beyond totalSteps {steps})")
+        elif current is None:
+            ignored.append(f"{step} (no {names.STEP.name} reported)")
+        elif step > current:
+            ignored.append(f"{step} (beyond the reported {names.STEP.name} {int(current)})")
+        else:
+            kept[step] = m.volume_checkpoints[step]
+    if not ignored:
+        return kept, None
+    shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+    message = (
+        f"ignored checkpoint step(s) listed in the run's metrics that it cannot have written: {shown}; "
+        "they are never recorded, kept in the retain list or a reason to delete; check what the run's "
+        "trainer pod exports"
+    )
+    return kept, message
+
+
+def volume_store(prefix: str, spec: CPTRunSpec, m: RunMetrics) -> tuple[VolumeCheckpointStore, str | None]:
+    """A PVC's checkpoints as the trainer's metrics list them, less the implausible steps
+    (`plausible_listing`), and the message saying what was left out (for ControlInputs)."""
+    listed, implausible = plausible_listing(spec, m)
+    return VolumeCheckpointStore(prefix, listed, m.baseline_domain_perplexity), implausible
 
 
 def _progress(spec: CPTRunSpec, m: RunMetrics) -> dict[str, Any]:
@@ -202,7 +247,16 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
             [{"step": int(eval_step), "domainPerplexity": m.get(names.DOMAIN_PERPLEXITY), "generalRegression": m.get(names.GENERAL_REGRESSION)}],
         )
 
-    records = [dict(r) for r in status.get("checkpoints") or []]  # never edit the caller's status
+    if inputs.implausible_checkpoints:
+        if not any(c["type"] == CHECKPOINT_LISTING and c["status"] == "False" for c in conditions):
+            out.events.append(("Warning", IMPLAUSIBLE_STEPS, truncate_message(inputs.implausible_checkpoints)))
+        conditions = set_condition(conditions, CHECKPOINT_LISTING, False, IMPLAUSIBLE_STEPS, inputs.implausible_checkpoints, gen, now_text)
+    elif any(c["type"] == CHECKPOINT_LISTING and c["status"] == "False" for c in conditions):
+        conditions = set_condition(conditions, CHECKPOINT_LISTING, True, LISTING_PLAUSIBLE, "every listed checkpoint step is plausible", gen, now_text)
+
+    # never edit the caller's status; a record beyond totalSteps (written before listings were
+    # checked) names a checkpoint the run cannot have: it is dropped, never kept or deleted.
+    records = [dict(r) for r in status.get("checkpoints") or [] if int(r["step"]) <= total_steps(inputs.spec)]
     baseline_domain = None
     store_ok = inputs.store is not None
     if inputs.store is not None:

@@ -22,10 +22,16 @@ from prometheus_client import Counter, Histogram
 from cpt_operator import kube
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.control.prometheus import MetricsUnavailable, PrometheusClient, evaluation_window
-from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step
+from cpt_operator.control.prometheus import (
+    MetricsUnavailable,
+    PrometheusClient,
+    RunMetrics,
+    evaluation_window,
+    scrape_run_metrics,
+)
+from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step, volume_store
 from cpt_operator.api.common import API_VERSION
-from cpt_operator.control.storage import CheckpointStore, VolumeCheckpointStore
+from cpt_operator.control.storage import CheckpointStore
 from cpt_operator.handlers.job_control import control_job
 from cpt_operator.handlers.context import OperatorContext
 from cpt_operator.handlers.leadership import Leadership
@@ -109,6 +115,32 @@ async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: 
     ctx.retain_written[(namespace, name)] = text
 
 
+def run_pod_selector(name: str, uid: str) -> dict[str, str]:
+    """The labels of a run's metrics-exporting pod (the PyTorchJob master) as the operator set
+    them; with the run's own uid, a pod a tenant labelled itself names at most its own run."""
+    return {objnames.LABEL_RUN: name, objnames.LABEL_RUN_UID: uid, objnames.LABEL_MANAGED_BY: objnames.MANAGED_BY,
+            "cpt.dev/replica-type": "master"}  # fmt: skip
+
+
+async def scrape_run_pods(ctx: OperatorContext, namespace: str, name: str, uid: str, port: int) -> RunMetrics:
+    """Without Prometheus: the run's metrics straight from its master pod, found by the run's
+    uid label in the run's own namespace (never a pod of another namespace or an older run of
+    the same name); MetricsUnavailable when none runs."""
+    if not uid:
+        raise MetricsUnavailable("the run has no uid: no pod is scraped")
+    pods = await ctx.kube.list(kube.PODS, namespace, run_pod_selector(name, uid))
+    running = [p for p in pods if (p.get("metadata") or {}).get("namespace", namespace) == namespace
+               and (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]  # fmt: skip
+    if not running:
+        raise MetricsUnavailable(
+            f"no Prometheus is configured (operator setting prometheusUrl) and no running trainer pod of the run "
+            f"(label {objnames.LABEL_RUN_UID}={uid}) to scrape directly"
+        )
+    ip = running[0]["status"]["podIP"]
+    host = f"[{ip}]" if ":" in ip else ip
+    return await asyncio.to_thread(scrape_run_metrics, f"http://{host}:{port}/metrics", namespace, name)
+
+
 async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body: dict[str, Any]) -> None:
     """One control pass over one CPTRun."""
     meta, status = body["metadata"], dict(body.get("status") or {})
@@ -118,26 +150,36 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     if policy_body is None:
         return  # the reconcile handler reports the missing policy
     policy = CheckpointPolicySpec.model_validate(policy_body["spec"])
+    uid = meta.get("uid") or ""
     metrics, error = None, None
     if prom is None:
-        error = "no Prometheus is configured (operator setting prometheusUrl)"
+        try:
+            metrics = await scrape_run_pods(ctx, namespace, name, uid, spec.trainer.metrics_port)
+        except MetricsUnavailable as exc:
+            error = str(exc)
     else:
         try:
             # Back to the last pass that wrote this run's status, so an evaluation made while the
-            # operator was down or Prometheus unreachable is not lost.
+            # operator was down or Prometheus unreachable is not lost. Selected by the run's uid
+            # too: a run recreated under the same name never reads the old one's series.
             window, step = evaluation_window(last_pass_time(status), time.time(), ctx.settings.control_interval_seconds)
-            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name, window, step)
+            metrics = await asyncio.to_thread(prom.run_metrics, namespace, name, uid, window, step)
         except MetricsUnavailable as exc:
             error = str(exc)
         finally:
             if prom.last_latency is not None:
                 QUERY_SECONDS.observe(prom.last_latency)
     store: CheckpointStore | None
+    implausible = None
     if policy.storage.pvc is not None:
         # The operator cannot mount a tenant's volume: the trainer lists it in its metrics and
-        # applies the retain list this pass writes.
+        # applies the retain list this pass writes. Steps it cannot have written are left out.
         prefix = run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root)
-        store = VolumeCheckpointStore(prefix, metrics.volume_checkpoints, metrics.baseline_domain_perplexity) if metrics else None
+        store = None
+        if metrics is not None:
+            store, implausible = volume_store(prefix, spec, metrics)
+            if implausible:
+                logger.warning("CPTRun %s/%s: %s", namespace, name, implausible)
     else:
         try:
             store = await s3_store_for(ctx, namespace, name, policy.storage)
@@ -146,7 +188,7 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     resume = (meta.get("annotations") or {}).get(RESUME_ANNOTATION)
     inputs = ControlInputs(
         namespace, name, meta.get("generation"), spec, policy, status, metrics, error, store, time.time(),
-        ctx.settings.metrics_stale_seconds, int(resume) if resume and resume.isdigit() else None,
+        ctx.settings.metrics_stale_seconds, int(resume) if resume and resume.isdigit() else None, implausible,
     )  # fmt: skip
     out = await asyncio.to_thread(control_step, inputs)
     RECONCILES.labels("control").inc()

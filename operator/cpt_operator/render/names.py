@@ -24,6 +24,7 @@ from cpt_operator.labels import (  # noqa: F401
     LABEL_NAMESPACE,
     LABEL_PART_OF,
     LABEL_RUN,
+    LABEL_RUN_UID,
     MANAGED_BY,
 )
 

@@ -114,6 +114,8 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
     )
     port = spec.trainer.metrics_port
     labels = names.run_labels(inputs.namespace, inputs.name, "trainer")
+    # The run's uid: Prometheus takes the series' run identity from it (the chart's PodMonitor).
+    labels[names.LABEL_RUN_UID] = inputs.uid
     labels["cpt.dev/replica-type"] = role.lower()
     pod_spec: dict[str, Any] = {
         **pod_identity(),
