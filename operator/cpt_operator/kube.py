@@ -168,6 +168,15 @@ class KubeClient:
         self._check(status, data)
         return data
 
+    async def api_group(self, group: str) -> dict[str, Any] | None:
+        """The discovery document of an API group (its versions, the preferred one); None when
+        the server does not serve the group."""
+        status, data = await self._request("GET", f"/apis/{quote(group, safe='')}", "get")
+        if status == 404:
+            return None
+        self._check(status, data)
+        return data
+
     async def list(self, res: Resource, namespace: str, label_selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Objects of one namespace matching the labels (also filtered here, in case the server does not)."""
         params = {"labelSelector": ",".join(f"{k}={v}" for k, v in label_selector.items())} if label_selector else None

@@ -58,8 +58,9 @@ class KueueSettings(BaseModel):
     manage_jobs_without_queue_name: bool = Field(
         False, description="Kueue runs with manageJobsWithoutQueueName: it admits every job, labelled or not.",
     )  # fmt: skip
-    workload_api_version: Literal["v1beta1", "v1beta2"] = Field(
-        "v1beta1", description="API version of kueue.x-k8s.io Workloads the operator reads and deactivates.",
+    workload_api_version: Literal["auto", "v1beta1", "v1beta2"] = Field(
+        "auto", description="API version of kueue.x-k8s.io Workloads the operator reads and deactivates; "
+        "auto: the version the API server prefers (Kueue's storage version).",
     )  # fmt: skip
 
 

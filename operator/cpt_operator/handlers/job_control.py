@@ -24,12 +24,35 @@ def is_kueue_managed(job: dict[str, Any], settings: Any) -> bool:
     return kueue_managed(job_queue_label(job), settings.kueue.manage_jobs_without_queue_name)
 
 
-async def job_workload(ctx: Any, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The Kueue Workload of `job`: labelled with the job's uid and controlled by it."""
+_preferred: dict[int, str] = {}
+
+
+async def workloads_resource(ctx: Any) -> kube.Resource | None:
+    """Kueue's Workloads in the configured API version or, by default, the one the API server
+    prefers: writing through an older served version drops the fields it lacks, and Kueue's
+    own validation then refuses the write (e.g. v1beta1 on Kueue 0.17: "no such key:
+    priorityClassSource"). None when Kueue is not installed."""
+    version = ctx.settings.kueue.workload_api_version
+    if version == "auto":
+        key = id(ctx)
+        if key not in _preferred:
+            group = await ctx.kube.api_group("kueue.x-k8s.io")
+            if group is None:
+                return None
+            _preferred[key] = group["preferredVersion"]["version"]
+        version = _preferred[key]
+    return kube.Resource("kueue.x-k8s.io", version, "workloads")
+
+
+async def job_workload(ctx: Any, namespace: str, job: dict[str, Any]) -> tuple[kube.Resource, dict[str, Any]] | None:
+    """The Kueue Workload of `job` (labelled with the job's uid and controlled by it), with the
+    resource it was read through."""
     uid = (job.get("metadata") or {}).get("uid")
     if not uid:
         return None
-    res = kube.Resource("kueue.x-k8s.io", ctx.settings.kueue.workload_api_version, "workloads")
+    res = await workloads_resource(ctx)
+    if res is None:
+        return None
     try:
         workloads = await ctx.kube.list(res, namespace, {names.KUEUE_JOB_UID_LABEL: uid})
     except kube.KubeError as exc:
@@ -39,7 +62,7 @@ async def job_workload(ctx: Any, namespace: str, job: dict[str, Any]) -> dict[st
     for wl in workloads:
         owners = (wl.get("metadata") or {}).get("ownerReferences") or []
         if any(o.get("uid") == uid and o.get("controller") for o in owners):
-            return wl
+            return res, wl
     return None
 
 
@@ -50,7 +73,8 @@ async def control_job(ctx: Any, namespace: str, job: dict[str, Any], want_stoppe
     `veto_start` is asked before a write that would start the job; True cancels it."""
     suspend = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
     managed = is_kueue_managed(job, ctx.settings)
-    workload = await job_workload(ctx, namespace, job) if managed else None
+    found = await job_workload(ctx, namespace, job) if managed else None
+    res, workload = found if found is not None else (None, None)
     active = None
     stopped_by_us = False
     if workload is not None:
@@ -61,8 +85,7 @@ async def control_job(ctx: Any, namespace: str, job: dict[str, Any], want_stoppe
     starts = decision.suspend is False or decision.workload_active is True
     if starts and veto_start is not None and await veto_start():
         return None
-    if decision.workload_active is not None and workload is not None:
-        res = kube.Resource("kueue.x-k8s.io", ctx.settings.kueue.workload_api_version, "workloads")
+    if decision.workload_active is not None and workload is not None and res is not None:
         marker = "true" if not decision.workload_active else None
         await ctx.kube.patch(res, namespace, workload["metadata"]["name"], {
             "metadata": {"annotations": {STOPPED_ANNOTATION: marker}}, "spec": {"active": decision.workload_active},

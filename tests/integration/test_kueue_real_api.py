@@ -1,0 +1,185 @@
+"""Kueue and the training operator, for real, with the operator on the real control plane.
+
+Kueue v0.17.0's manager (with its webhooks) admits the run's PyTorchJob and un-suspends it;
+the training operator v1.8.1 creates its Master pod. A stop must stick: Kueue un-suspends an
+admitted job whatever sets `runPolicy.suspend`, so the operator deactivates the Workload and
+Kueue evicts it, suspends the job and releases the ClusterQueue's quota. A namespace
+LocalQueue named `default` makes Kueue's webhook label and suspend a job whose run names no
+queue; the operator must not un-suspend it. There is no kubelet: pods stay Pending.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import real_cluster
+from flows import condition, wait_phase
+from harness import OperatorProcess, eventually
+from integration_flows import LONG, play_kubelet, record_answers
+from integration_setup import Identity
+from manifests import example
+
+from cpt_operator import kube
+from cpt_operator.render.names import pytorchjob_name
+
+pytestmark = pytest.mark.timeout(420)
+KV = "kueue.x-k8s.io/v1beta2"
+WORKLOADS = kube.Resource("kueue.x-k8s.io", "v1beta2", "workloads")
+CLUSTER_QUEUES = kube.Resource("kueue.x-k8s.io", "v1beta2", "clusterqueues")
+RUN = "docs-cpt"
+
+
+@pytest.fixture(scope="module")
+def kueue(installed: Any, admin: Identity) -> Iterator[str]:
+    """Kueue and the training operator running; a ResourceFlavor and a ClusterQueue with room
+    for exactly one run of the minimal example (one node: 8 GPUs, 32 CPUs, 256Gi)."""
+    real_cluster.start_kueue()
+    real_cluster.start_training_operator()
+    admin._plurals.clear()
+    admin.apply({"apiVersion": KV, "kind": "ResourceFlavor", "metadata": {"name": "h100-80gb"}, "spec": {}})
+    admin.apply({
+        "apiVersion": KV, "kind": "ClusterQueue", "metadata": {"name": "gpus"},
+        "spec": {"namespaceSelector": {}, "resourceGroups": [{
+            "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+            "flavors": [{"name": "h100-80gb", "resources": [
+                {"name": "cpu", "nominalQuota": "32"}, {"name": "memory", "nominalQuota": "256Gi"},
+                {"name": "nvidia.com/gpu", "nominalQuota": "8"}]}]}]},
+    })  # fmt: skip
+    yield "gpus"
+    real_cluster.stop_addons()
+
+
+def local_queue(admin: Identity, namespace: str, name: str) -> None:
+    admin.apply({"apiVersion": KV, "kind": "LocalQueue", "metadata": {"name": name, "namespace": namespace},
+                 "spec": {"clusterQueue": "gpus"}})  # fmt: skip
+
+
+async def start(tenant: kube.KubeClient, admin: kube.KubeClient, namespace: str, **resources: Any) -> None:
+    objs = example("minimal", namespace)
+    objs[f"CPTRun/{RUN}"]["spec"]["resources"].update(resources)
+    for key in ("Corpus/docs", "CheckpointPolicy/default", f"CPTRun/{RUN}"):
+        res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
+        await tenant.create(res, namespace, objs[key])
+    await play_kubelet(admin, namespace, "docs", {"documents": 10})
+
+
+async def workload_of(admin: kube.KubeClient, namespace: str) -> dict[str, Any] | None:
+    job = await admin.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN))
+    if job is None:
+        return None
+    found = await admin.list(WORKLOADS, namespace, {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]})
+    return found[0] if found else None
+
+
+def true(obj: dict[str, Any] | None, type_: str) -> bool:
+    return any(c["type"] == type_ and c["status"] == "True" for c in ((obj or {}).get("status") or {}).get("conditions") or [])
+
+
+async def admitted_count(admin: kube.KubeClient) -> int:
+    cq = await admin.get(CLUSTER_QUEUES, "", "gpus")
+    return int(((cq or {}).get("status") or {}).get("admittedWorkloads") or 0)
+
+
+async def job_suspend(admin: kube.KubeClient, namespace: str) -> bool | None:
+    job = await admin.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN))
+    return None if job is None else bool(job["spec"]["runPolicy"].get("suspend"))
+
+
+async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
+    identities: dict[str, Identity], namespace: str, kueue: str, admin: Identity, kopf_errors: Any
+) -> None:
+    local_queue(admin, namespace, "team-q")
+    op = OperatorProcess(connection=identities["operator"].connection())
+    answers = record_answers(op)
+    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
+    adm = kube.KubeClient(admin.connection(), user_agent="test-admin")
+    await op.start(timeout=LONG)
+    try:
+        await start(tenant, adm, namespace, queueName="team-q")
+        # Kueue admits the Workload and un-suspends the job; the training operator creates its pod.
+        wl = await eventually(lambda: _admitted(adm, namespace), timeout=LONG, what="Workload admitted")
+        await eventually(lambda: _is(job_suspend(adm, namespace), False), timeout=LONG, what="job un-suspended by Kueue")
+        await eventually(lambda: adm.get(kube.PODS, namespace, f"{pytorchjob_name(RUN)}-master-0"), timeout=LONG,
+                         what="the Master pod created by the training operator")  # fmt: skip
+        await eventually(lambda: _is_n(admitted_count(adm), 1), timeout=LONG, what="one workload admitted in the ClusterQueue")
+
+        # The tenant suspends (as `kubectl patch` or the Argo CD halt action does).
+        await tenant.patch(kube.CPTRUNS, namespace, RUN, {"spec": {"suspend": True}})
+
+        async def stopped() -> Any:
+            wl = await workload_of(adm, namespace)
+            if wl is None or (wl.get("spec") or {}).get("active") is not False:
+                return None
+            if await job_suspend(adm, namespace) is not True or await admitted_count(adm) != 0:
+                return None
+            return wl
+
+        wl = await eventually(stopped, timeout=LONG, what="Workload inactive, job suspended, quota released")
+        assert true(wl, "Evicted"), wl.get("status")
+        status = await wait_phase(tenant, kube.CPTRUNS, namespace, RUN, "Suspended", timeout=LONG)
+        assert condition(status, "Suspended")["reason"] == "SuspendedByTenant"
+        # It sticks: Kueue has nothing to re-admit, and the pods are gone.
+        await eventually(lambda: _no_pods(adm, namespace), timeout=LONG, what="the training operator deleted the pods")
+        assert await job_suspend(adm, namespace) is True and await admitted_count(adm) == 0
+
+        # Resume: the Workload goes back to the queue and Kueue admits it again.
+        await tenant.patch(kube.CPTRUNS, namespace, RUN, {"spec": {"suspend": False}})
+        await eventually(lambda: _admitted(adm, namespace, active=True), timeout=LONG, what="Workload re-admitted")
+        await eventually(lambda: _is(job_suspend(adm, namespace), False), timeout=LONG, what="job un-suspended again")
+
+        # A halt (the phase the forgetting monitor writes) stops it the same way.
+        await adm.patch_status(kube.CPTRUNS, namespace, RUN, {"status": {"phase": "Halted"}})
+        await eventually(stopped, timeout=LONG, what="halted: Workload inactive, job suspended, quota released")
+    finally:
+        await op.stop()
+        await tenant.close()
+        await adm.close()
+    job_path = kube.PYTORCHJOBS.path(namespace, pytorchjob_name(RUN))
+    assert not [a for a in answers if a[0] == "patch" and a[1] == job_path], "the operator wrote runPolicy of a job Kueue manages"
+    assert not [a for a in answers if a[2] == 403], [a for a in answers if a[2] == 403]
+    assert not [m for m in kopf_errors.records if "403" in m or "orbidden" in m]
+
+
+async def test_a_default_local_queue_causes_no_unsuspend_loop(
+    identities: dict[str, Identity], namespace: str, kueue: str, admin: Identity
+) -> None:
+    local_queue(admin, namespace, "default")
+    op = OperatorProcess(connection=identities["operator"].connection())
+    answers = record_answers(op)
+    adm = kube.KubeClient(admin.connection(), user_agent="test-admin")
+    await op.start(timeout=LONG)
+    try:
+        await start(adm, adm, namespace)  # no queueName in the run
+        job = await eventually(lambda: adm.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN)), timeout=LONG, what="PyTorchJob")
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default"  # Kueue's webhook
+        await eventually(lambda: _admitted(adm, namespace), timeout=LONG, what="Workload admitted from the default queue")
+        await eventually(lambda: _is(job_suspend(adm, namespace), False), timeout=LONG, what="job un-suspended by Kueue")
+        status = await wait_phase(adm, kube.CPTRUNS, namespace, RUN, "Starting", timeout=LONG)
+        assert condition(status, "Suspended")["status"] == "False"
+    finally:
+        await op.stop()
+        await adm.close()
+    job_path = kube.PYTORCHJOBS.path(namespace, pytorchjob_name(RUN))
+    assert not [a for a in answers if a[0] == "patch" and a[1] == job_path], "the operator un-suspended a job Kueue manages"
+
+
+async def _admitted(adm: kube.KubeClient, namespace: str, active: bool | None = None) -> dict[str, Any] | None:
+    wl = await workload_of(adm, namespace)
+    if not true(wl, "Admitted"):
+        return None
+    if active is not None and (wl.get("spec") or {}).get("active", True) is not active:
+        return None
+    return wl
+
+
+async def _is_n(value: Any, expected: int) -> bool:
+    return (await value) == expected
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return (await value) is expected
+
+
+async def _no_pods(adm: kube.KubeClient, namespace: str) -> bool:
+    return not [p for p in await adm.list(kube.PODS, namespace) if p["metadata"]["name"].startswith(pytorchjob_name(RUN))]
