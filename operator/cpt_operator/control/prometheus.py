@@ -14,6 +14,7 @@ run recreated under the same name (a new uid) never reads the old run's series.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,9 +186,21 @@ class PrometheusClient:
             out[key] = [(float(t), float(v)) for t, v in r["values"]]
         return out
 
+    def query_samples(self, promql: str, start: float, end: float) -> dict[tuple[str, tuple], list[tuple[float, float]]]:
+        """Every raw sample of the selector `promql` in (start, end]: an instant query of a range
+        vector, in query_range's shape. Unlike a range query, whose points are the latest sample
+        at each step, no value is skipped however briefly it lasted."""
+        seconds = max(1, math.ceil(end - start))
+        data = self._get("/api/v1/query", {"query": f"{promql}[{seconds}s]", "time": end})
+        out: dict[tuple[str, tuple], list[tuple[float, float]]] = {}
+        for r in data.get("result", []):
+            key = (r["metric"].get("__name__", ""), tuple(sorted(r["metric"].items())))
+            out[key] = [(float(t), float(v)) for t, v in r.get("values", [])]
+        return out
+
     def run_metrics(self, namespace: str, run: str, uid: str, window_seconds: float = 0.0, step_seconds: float = 5.0) -> RunMetrics:
         """The run's latest metrics (one instant query) and, with a window, its evaluations in
-        that window (one range query); `uid` is the CPTRun's metadata.uid."""
+        that window (one query of their raw samples); `uid` is the CPTRun's metadata.uid."""
         out = run_metrics_from_samples(self.query(run_selector(namespace, run, uid)))
         if window_seconds > 0 and out.values:
             end = time.time()
@@ -197,10 +210,15 @@ class PrometheusClient:
     def evaluations_between(
         self, namespace: str, run: str, uid: str, start: float, end: float, step: float
     ) -> list[dict[str, float | int | None]]:
-        """Every evaluation whose samples fall in [start, end], by step, oldest first."""
+        """Every evaluation whose samples fall in [start, end], by step, oldest first.
+
+        Read from the raw samples (`query_samples`), not a range query at `step` (kept for
+        callers, unused): a range query's points are the latest sample every `step` seconds, so
+        an evaluation replaced within one step (a fast eval cadence, a coarse recovery step)
+        was never seen and its regression never counted towards patience."""
         wanted = (names.EVAL_STEP.name, names.GENERAL_REGRESSION.name, names.DOMAIN_PERPLEXITY.name)
         selector = identity_matcher(namespace, run, uid)[:-1] + f',__name__=~"{"|".join(wanted)}"}}'
-        series = self.query_range(selector, start, end, step)
+        series = self.query_samples(selector, start, end)
         by_time: dict[float, dict[str, float]] = {}
         for (name, _labels), points in series.items():
             for ts, value in points:
