@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from cpt_operator.api.reading import clip
 from cpt_operator.api.resources import InvalidResource, ManifestError, load_manifests
-from cpt_operator.plan_report import PlanError, build_plans, format_plan
+from cpt_operator.plan_report import PlanError, build_plans, format_plan, misfit_message
 from cpt_operator.settings import load_settings
 
 
@@ -56,12 +56,7 @@ def _plan(args: argparse.Namespace) -> int:
         print("\n\n".join(format_plan(p, show_objects=not args.no_objects) for p in plans))
     misfits = [p for p in plans if p.memory is not None and not p.memory.fits]
     for p in misfits:
-        print(
-            f"cpt plan: CPTRun {p.run.namespace}/{p.run.name} does not fit: needs {p.memory.total / 2**30:.1f} GiB "
-            f"per GPU, the pool's GPUs have {p.memory.gpu_memory_bytes / 2**30:.0f} GiB; raise deepspeed.zeroStage, "
-            "enable offload or gradient checkpointing, or lower training.microBatchSize",
-            file=sys.stderr,
-        )
+        print(clip(f"cpt plan: {misfit_message(p)}", limit=2000), file=sys.stderr)
     return 1 if misfits else 0
 
 

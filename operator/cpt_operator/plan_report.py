@@ -14,7 +14,7 @@ from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.api.references import reference_problems
 from cpt_operator.api.resources import Resource
-from cpt_operator.plan import ComputeEstimate, MemoryFit, ModelShape, estimate_compute, estimate_memory, model_shape
+from cpt_operator.plan import GIB, ComputeEstimate, MemoryFit, ModelShape, estimate_compute, estimate_memory, model_shape
 from cpt_operator.render.trainer_config import total_steps
 from cpt_operator.settings import OperatorSettings
 
@@ -38,6 +38,7 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     zero_stage: int | None = None
     warnings: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes,
@@ -45,6 +46,7 @@ class RunPlan:
         out["compute"] = dataclasses.asdict(self.compute) if self.compute else None
         if self.memory:
             out["memory"] = {**dataclasses.asdict(self.memory), "total": self.memory.total, "fits": self.memory.fits}
+            out["advice"] = self.advice
         out["objects"] = self.objects
         return out
 
@@ -56,6 +58,171 @@ def effective_zero_stage(spec: CPTRunSpec, parameters: int, gpu_memory_gib: floa
     if mode == "never" or (mode == "auto" and 16 * parameters <= 0.5 * gpu_memory_gib * 2**30):
         return 0
     return spec.deepspeed.zero_stage
+
+
+def memory_for(spec: CPTRunSpec, shape: ModelShape, gpu_memory_gib: float) -> tuple[int, MemoryFit]:
+    """The effective ZeRO stage and the memory estimate of `spec` on GPUs of `gpu_memory_gib`."""
+    zero = effective_zero_stage(spec, shape.parameters, gpu_memory_gib)
+    r, t, d = spec.resources, spec.training, spec.deepspeed
+    memory = estimate_memory(
+        shape, r.nodes * r.gpus_per_node, zero, d.offload_optimizer, d.offload_parameters, t.micro_batch_size,
+        t.sequence_length, t.gradient_checkpointing, t.precision, gpu_memory_gib, nodes=r.nodes,
+    )  # fmt: skip
+    return zero, memory
+
+
+MAX_SUGGESTED_NODES = 1024
+
+
+def _changed(spec: CPTRunSpec, **sections: dict[str, Any]) -> CPTRunSpec | None:
+    """`spec` with fields of its sections replaced, re-validated; None when the change is invalid."""
+    data = spec.model_dump()
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    try:
+        return CPTRunSpec.model_validate(data)
+    except Exception:  # noqa: BLE001  (an invalid combination is simply not suggested)
+        return None
+
+
+def fit_advice(spec: CPTRunSpec, shape: ModelShape, gpu_memory_gib: float, pool_gpus_per_node: int) -> list[str]:
+    """Changes that would make the run fit, each checked by re-running the estimate with it.
+
+    Single changes first (a higher ZeRO stage, optimizer/parameter offload, gradient
+    checkpointing, the largest smaller microBatchSize, all the pool's GPUs per node, the fewest
+    nodes up to MAX_SUGGESTED_NODES); when none fits alone, gradient checkpointing together with
+    each change that lowers the model states (and, if still needed, the largest microBatchSize
+    that fits then). An empty list when nothing tried fits."""
+    d, t, r = spec.deepspeed, spec.training, spec.resources
+    current = effective_zero_stage(spec, shape.parameters, gpu_memory_gib)
+
+    def fit(changes: dict[str, dict[str, Any]]) -> MemoryFit | None:
+        candidate = _changed(spec, **changes)
+        if candidate is None:
+            return None
+        memory = memory_for(candidate, shape, gpu_memory_gib)[1]
+        return memory if memory.fits else None
+
+    def merged(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            for section, values in part.items():
+                out.setdefault(section, {}).update(values)
+        return out
+
+    def smallest_fitting(base: dict[str, dict[str, Any]], section: str, key: str, values: list[int]):
+        """The first of `values` (in order of preference) that fits together with `base`."""
+        for value in values:
+            m = fit(merged(base, {section: {key: value}}))
+            if m:
+                return value, m
+        return None
+
+    def fewest_nodes(base: dict[str, dict[str, Any]]):
+        nodes = r.nodes * 2
+        while nodes <= MAX_SUGGESTED_NODES:
+            m = fit(merged(base, {"resources": {"nodes": nodes}}))
+            if m:
+                low = nodes // 2 + 1
+                while low < nodes:
+                    mid = (low + nodes) // 2
+                    mm = fit(merged(base, {"resources": {"nodes": mid}}))
+                    if mm:
+                        nodes, m = mid, mm
+                    else:
+                        low = mid + 1
+                return nodes, m
+            nodes *= 2
+        return None
+
+    # model-state changes: (words, changes)
+    state_changes: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    for stage in range(current + 1, 4):
+        ds: dict[str, Any] = {"zero_stage": stage}
+        words = f"raise deepspeed.zeroStage to {stage}"
+        if d.mode == "never" or stage == 0:
+            ds["mode"] = "always"
+            words = f"set deepspeed.mode: always and deepspeed.zeroStage: {stage}"
+        state_changes.append((words, {"deepspeed": ds}))
+    if current >= 1 and not d.offload_optimizer:
+        state_changes.append(("set deepspeed.offloadOptimizer: true", {"deepspeed": {"offload_optimizer": True}}))
+    if current >= 3 and not d.offload_parameters:
+        state_changes.append((
+            "set deepspeed.offloadOptimizer and deepspeed.offloadParameters: true",
+            {"deepspeed": {"offload_optimizer": True, "offload_parameters": True}},
+        ))  # fmt: skip
+    if r.gpus_per_node < pool_gpus_per_node:
+        state_changes.append((f"use all {pool_gpus_per_node} GPUs per node (resources.gpusPerNode)", {"resources": {"gpus_per_node": pool_gpus_per_node}}))
+    micro_sizes = list(range(t.micro_batch_size - 1, 0, -1))
+
+    def with_nodes_and_micro(words: str, base: dict[str, dict[str, Any]]) -> str | None:
+        m = fit(base)
+        if m:
+            return f"{words} (estimate {m.total / GIB:.1f} GiB per GPU)"
+        found = smallest_fitting(base, "training", "micro_batch_size", micro_sizes)
+        if found:
+            return f"{words} and lower training.microBatchSize to {found[0]} (estimate {found[1].total / GIB:.1f} GiB per GPU)"
+        return None
+
+    out: list[str] = []
+    for words, changes in state_changes:
+        m = fit(changes)
+        if m:
+            out.append(f"{words} (estimate {m.total / GIB:.1f} GiB per GPU)")
+    out = _first_stage_only(out)
+    if not t.gradient_checkpointing:
+        m = fit({"training": {"gradient_checkpointing": True}})
+        if m:
+            out.append(f"set training.gradientCheckpointing: true (estimate {m.total / GIB:.1f} GiB per GPU)")
+    found = smallest_fitting({}, "training", "micro_batch_size", micro_sizes)
+    if found:
+        out.append(f"lower training.microBatchSize to {found[0]} (estimate {found[1].total / GIB:.1f} GiB per GPU)")
+    nodes = fewest_nodes({})
+    if nodes:
+        out.append(f"use {nodes[0]} nodes ({nodes[0] * r.gpus_per_node} GPUs; resources.nodes) (estimate {nodes[1].total / GIB:.1f} GiB per GPU)")
+    if out:
+        return out
+    # nothing alone: lower the activations (checkpointing, then a smaller micro-batch) and the model states together
+    act: dict[str, dict[str, Any]] = {"training": {"gradient_checkpointing": True}} if not t.gradient_checkpointing else {}
+    act_words = "set training.gradientCheckpointing: true and " if act else ""
+    for words, changes in state_changes:
+        line = with_nodes_and_micro(act_words + words.replace("set ", "", 1) if act else words, merged(act, changes))
+        if line:
+            out.append(line)
+    out = _first_stage_only(out)
+    nodes = fewest_nodes(act)
+    if nodes:
+        out.append(f"{act_words}use {nodes[0]} nodes ({nodes[0] * r.gpus_per_node} GPUs; resources.nodes) (estimate {nodes[1].total / GIB:.1f} GiB per GPU)")
+    if not out and act:
+        line = with_nodes_and_micro("set training.gradientCheckpointing: true", act)
+        if line:
+            out.append(line)
+    return out
+
+
+def _first_stage_only(lines: list[str]) -> list[str]:
+    """Of several 'zeroStage to k' suggestions, only the lowest stage (the first)."""
+    out, seen = [], False
+    for line in lines:
+        if "zeroStage" in line:
+            if seen:
+                continue
+            seen = True
+        out.append(line)
+    return out
+
+
+def misfit_message(plan: RunPlan) -> str:
+    """The one stderr line for a run that does not fit: what would fit, each checked."""
+    m = plan.memory
+    assert m is not None
+    head = (
+        f"CPTRun {plan.run.namespace}/{plan.run.name} does not fit: needs {m.total / 2**30:.1f} GiB per GPU, "
+        f"the pool's GPUs have {m.gpu_memory_bytes / 2**30:.0f} GiB; "
+    )
+    if not plan.advice:
+        return head + "none of zeroStage, offload, gradient checkpointing, a smaller microBatchSize or more nodes fits alone or together"
+    return head + "each of these would fit: " + "; ".join(plan.advice)
 
 
 def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
@@ -153,6 +320,7 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
         gpus = spec.resources.nodes * spec.resources.gpus_per_node
         shape = model_shape(spec)
         notes = []
+        advice: list[str] = []
         compute = memory = None
         zero = None
         if shape is None:
@@ -161,19 +329,16 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
             compute = estimate_compute(
                 shape.parameters, spec.training.total_tokens, gpus, settings.achieved_tflops_per_gpu, settings.price_per_gpu_hour
             )
-            zero = effective_zero_stage(spec, shape.parameters, pool.gpu_memory_gib)
-            memory = estimate_memory(
-                shape, gpus, zero, spec.deepspeed.offload_optimizer, spec.deepspeed.offload_parameters,
-                spec.training.micro_batch_size, spec.training.sequence_length, spec.training.gradient_checkpointing,
-                spec.training.precision, pool.gpu_memory_gib,
-            )  # fmt: skip
+            zero, memory = memory_for(spec, shape, pool.gpu_memory_gib)
+            if not memory.fits:
+                advice = fit_advice(spec, shape, pool.gpu_memory_gib, pool.gpus_per_node)
         steps = total_steps(spec)
         policy = next(
             (r.spec for r in resources if r.kind == "CheckpointPolicy" and r.namespace == run.namespace and r.name == spec.checkpoint_policy_ref.name),
             None,
         )
         warnings = run_warnings(spec, steps, policy)  # type: ignore[arg-type]
-        plans.append(RunPlan(run, steps, shape, compute, memory, _objects(run, rendered), notes, zero, warnings))
+        plans.append(RunPlan(run, steps, shape, compute, memory, _objects(run, rendered), notes, zero, warnings, advice))
     return plans
 
 
@@ -205,11 +370,15 @@ def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
         engine = "plain PyTorch" if plan.zero_stage == 0 and spec.deepspeed.mode != "always" else f"DeepSpeed ZeRO-{plan.zero_stage}"
         verdict = "fits" if m.fits else "DOES NOT FIT"
         lines += [
-            f"  memory/GPU    {engine}: weights {_gib(m.weights)}, gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer)}, "
+            f"  memory/GPU    {engine}: model states {_gib(m.model_states)} ({m.method}), "
             f"activations {_gib(m.activations)}, overhead {_gib(m.overhead)}",
             f"                total {_gib(m.total)} of {_gib(m.gpu_memory_bytes)}: {verdict}",
         ]
+        if m.cpu_memory_per_node:
+            lines.append(f"                CPU memory for model states {_gib(m.cpu_memory_per_node)} per node (DeepSpeed's estimate)")
         lines += [f"                note: {n}" for n in m.notes]
+        if not m.fits:
+            lines += [f"                would fit: {a}" for a in plan.advice] or ["                would fit: nothing tried fits"]
     lines += [f"  note          {n}" for n in plan.notes]
     lines += [f"  warning       {w}" for w in plan.warnings]
     if show_objects and plan.objects:

@@ -251,7 +251,10 @@ def read_documents(path: Path) -> list[Document]:
 
 
 def read_text(text: str) -> list[Document]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses non-printable characters (NUL, ...) right here
+    except yaml.YAMLError as exc:
+        raise _InDocument(1, ReadError(f"unreadable YAML: {clip(str(exc), 160)}")) from None
     docs: list[Document] = []
     try:
         while loader.check_node():
