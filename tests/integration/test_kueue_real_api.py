@@ -31,28 +31,35 @@ RUN = "docs-cpt"
 
 
 @pytest.fixture(scope="module")
-def kueue(installed: Any, admin: Identity) -> Iterator[str]:
-    """Kueue and the training operator running; a ResourceFlavor and a ClusterQueue with room
-    for exactly one run of the minimal example (one node: 8 GPUs, 32 CPUs, 256Gi)."""
+def addons(installed: Any, admin: Identity) -> Iterator[None]:
+    """Kueue and the training operator running, with one ResourceFlavor."""
     real_cluster.start_kueue()
     real_cluster.start_training_operator()
     admin._plurals.clear()
     admin.apply({"apiVersion": KV, "kind": "ResourceFlavor", "metadata": {"name": "h100-80gb"}, "spec": {}})
-    admin.apply({
-        "apiVersion": KV, "kind": "ClusterQueue", "metadata": {"name": "gpus"},
-        "spec": {"namespaceSelector": {}, "resourceGroups": [{
-            "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-            "flavors": [{"name": "h100-80gb", "resources": [
-                {"name": "cpu", "nominalQuota": "32"}, {"name": "memory", "nominalQuota": "256Gi"},
-                {"name": "nvidia.com/gpu", "nominalQuota": "8"}]}]}]},
-    })  # fmt: skip
-    yield "gpus"
+    yield
     real_cluster.stop_addons()
 
 
-def local_queue(admin: Identity, namespace: str, name: str) -> None:
+@pytest.fixture()
+def kueue(addons: None, admin: Identity, namespace: str) -> str:
+    """A ClusterQueue of this test's namespace only, with room for exactly one run of the minimal
+    example (one node: 8 GPUs, 32 CPUs, 256Gi) and for its curation pod (2 CPUs, 8Gi)."""
+    name = f"cq-{namespace}"[:63]
+    admin.apply({
+        "apiVersion": KV, "kind": "ClusterQueue", "metadata": {"name": name},
+        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}, "resourceGroups": [{
+            "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+            "flavors": [{"name": "h100-80gb", "resources": [
+                {"name": "cpu", "nominalQuota": "34"}, {"name": "memory", "nominalQuota": "264Gi"},
+                {"name": "nvidia.com/gpu", "nominalQuota": "8"}]}]}]},
+    })  # fmt: skip
+    return name
+
+
+def local_queue(admin: Identity, namespace: str, name: str, cluster_queue: str) -> None:
     admin.apply({"apiVersion": KV, "kind": "LocalQueue", "metadata": {"name": name, "namespace": namespace},
-                 "spec": {"clusterQueue": "gpus"}})  # fmt: skip
+                 "spec": {"clusterQueue": cluster_queue}})  # fmt: skip
 
 
 async def start(tenant: kube.KubeClient, admin: kube.KubeClient, namespace: str, **resources: Any) -> None:
@@ -76,8 +83,8 @@ def true(obj: dict[str, Any] | None, type_: str) -> bool:
     return any(c["type"] == type_ and c["status"] == "True" for c in ((obj or {}).get("status") or {}).get("conditions") or [])
 
 
-async def admitted_count(admin: kube.KubeClient) -> int:
-    cq = await admin.get(CLUSTER_QUEUES, "", "gpus")
+async def admitted_count(admin: kube.KubeClient, cluster_queue: str) -> int:
+    cq = await admin.get(CLUSTER_QUEUES, "", cluster_queue)
     return int(((cq or {}).get("status") or {}).get("admittedWorkloads") or 0)
 
 
@@ -89,7 +96,7 @@ async def job_suspend(admin: kube.KubeClient, namespace: str) -> bool | None:
 async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
     identities: dict[str, Identity], namespace: str, kueue: str, admin: Identity, kopf_errors: Any
 ) -> None:
-    local_queue(admin, namespace, "team-q")
+    local_queue(admin, namespace, "team-q", kueue)
     op = OperatorProcess(connection=identities["operator"].connection())
     answers = record_answers(op)
     tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
@@ -102,7 +109,7 @@ async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
         await eventually(lambda: _is(job_suspend(adm, namespace), False), timeout=LONG, what="job un-suspended by Kueue")
         await eventually(lambda: adm.get(kube.PODS, namespace, f"{pytorchjob_name(RUN)}-master-0"), timeout=LONG,
                          what="the Master pod created by the training operator")  # fmt: skip
-        await eventually(lambda: _is_n(admitted_count(adm), 1), timeout=LONG, what="one workload admitted in the ClusterQueue")
+        await eventually(lambda: _is_n(admitted_count(adm, kueue), 1), timeout=LONG, what="one workload admitted in the ClusterQueue")
 
         # The tenant suspends (as `kubectl patch` or the Argo CD halt action does).
         await tenant.patch(kube.CPTRUNS, namespace, RUN, {"spec": {"suspend": True}})
@@ -111,7 +118,7 @@ async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
             wl = await workload_of(adm, namespace)
             if wl is None or (wl.get("spec") or {}).get("active") is not False:
                 return None
-            if await job_suspend(adm, namespace) is not True or await admitted_count(adm) != 0:
+            if await job_suspend(adm, namespace) is not True or await admitted_count(adm, kueue) != 0:
                 return None
             return wl
 
@@ -121,16 +128,16 @@ async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
         assert condition(status, "Suspended")["reason"] == "SuspendedByTenant"
         # It sticks: Kueue has nothing to re-admit, and the pods are gone.
         await eventually(lambda: _no_pods(adm, namespace), timeout=LONG, what="the training operator deleted the pods")
-        assert await job_suspend(adm, namespace) is True and await admitted_count(adm) == 0
+        assert await job_suspend(adm, namespace) is True and await admitted_count(adm, kueue) == 0
 
         # Resume: the Workload goes back to the queue and Kueue admits it again.
         await tenant.patch(kube.CPTRUNS, namespace, RUN, {"spec": {"suspend": False}})
         await eventually(lambda: _admitted(adm, namespace, active=True), timeout=LONG, what="Workload re-admitted")
         await eventually(lambda: _is(job_suspend(adm, namespace), False), timeout=LONG, what="job un-suspended again")
 
-        # A halt (the phase the forgetting monitor writes) stops it the same way.
-        await adm.patch_status(kube.CPTRUNS, namespace, RUN, {"status": {"phase": "Halted"}})
-        await eventually(stopped, timeout=LONG, what="halted: Workload inactive, job suspended, quota released")
+        # Deleted: the garbage collector takes the job, and its Workload with it.
+        await tenant.delete(kube.CPTRUNS, namespace, RUN)
+        await eventually(lambda: _none_left(adm, namespace), timeout=LONG, what="the Workload deleted with the run")
     finally:
         await op.stop()
         await tenant.close()
@@ -144,13 +151,15 @@ async def test_a_queued_run_is_admitted_and_a_stop_sticks_and_releases_quota(
 async def test_a_default_local_queue_causes_no_unsuspend_loop(
     identities: dict[str, Identity], namespace: str, kueue: str, admin: Identity
 ) -> None:
-    local_queue(admin, namespace, "default")
+    local_queue(admin, namespace, "default", kueue)
     op = OperatorProcess(connection=identities["operator"].connection())
     answers = record_answers(op)
     adm = kube.KubeClient(admin.connection(), user_agent="test-admin")
     await op.start(timeout=LONG)
     try:
-        await start(adm, adm, namespace)  # no queueName in the run
+        # No queueName in the run. Kueue's webhook queues the curation Job too (batch/job is
+        # enabled): the quota has room for it.
+        await start(adm, adm, namespace)
         job = await eventually(lambda: adm.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN)), timeout=LONG, what="PyTorchJob")
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default"  # Kueue's webhook
         await eventually(lambda: _admitted(adm, namespace), timeout=LONG, what="Workload admitted from the default queue")
@@ -179,6 +188,10 @@ async def _is_n(value: Any, expected: int) -> bool:
 
 async def _is(value: Any, expected: Any) -> bool:
     return (await value) is expected
+
+
+async def _none_left(adm: kube.KubeClient, namespace: str) -> bool:
+    return await adm.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN)) is None and not await adm.list(WORKLOADS, namespace)
 
 
 async def _no_pods(adm: kube.KubeClient, namespace: str) -> bool:
