@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,12 @@ class NodePool(BaseModel):
     allowed_namespaces: list[str] = Field(
         default_factory=lambda: ["*"], description="Namespaces (glob patterns) whose runs may use the pool."
     )
+    allowed_priority_classes: list[str] = Field(
+        default_factory=list, description="PriorityClass names a run on the pool may set; empty: none."
+    )
+    allowed_toleration_keys: list[str] = Field(
+        default_factory=list, description="Taint keys a run may add tolerations for, beyond the pool's own; empty: none."
+    )
 
     def allows(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowed_namespaces)
@@ -62,6 +69,52 @@ class KueueSettings(BaseModel):
         "auto", description="API version of kueue.x-k8s.io Workloads the operator reads and deactivates; "
         "auto: the version the API server prefers (Kueue's storage version).",
     )  # fmt: skip
+
+
+class CurationSettings(BaseModel):
+    """What a Corpus's curation Job may request (it runs in the tenant's namespace like a run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_namespaces: list[str] = Field(
+        default_factory=lambda: ["*"], description="Namespaces (glob patterns) whose Corpora may curate."
+    )
+    max_parallelism: int = Field(16, ge=1, le=256, description="Most curation pods of one Corpus.")
+    max_gpus_per_pod: int = Field(0, ge=0, le=8, description="Most GPUs per curation pod; 0: CPU-only curation.")
+    gpu_node_pool: str | None = Field(
+        None, description="Node pool of GPU curation pods (its selector, tolerations, GPU resource and namespaces); "
+        "None: no GPU curation.",
+    )  # fmt: skip
+    queue_name: str | None = Field(None, description="Kueue LocalQueue label of curation Jobs (in each namespace).")
+
+    def allows(self, namespace: str) -> bool:
+        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowed_namespaces)
+
+
+def image_pattern_matches(image: str, pattern: str) -> bool:
+    """Image glob: `*` is any run of characters but `/`, `:` and `@` (one path component, tag or
+    digest part), `?` one such character; everything else is literal. `reg/cpt/*` does not
+    admit `reg/cpt/x/y` nor `reg/cpt/x:tag`; write `reg/cpt/trainer:*` for any tag."""
+    parts = ["[^/:@]*" if ch == "*" else "[^/:@]" if ch == "?" else re.escape(ch) for ch in pattern]
+    return re.fullmatch("".join(parts), image) is not None
+
+
+class StorageGrant(BaseModel):
+    """An S3 prefix the operator may reach with its own cloud identity (IRSA, workload identity)
+    for the CheckpointPolicies of some namespaces that name no credentialsSecret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(description="Namespaces (glob patterns) the grant is for.")
+    uri: str = Field(
+        pattern=r"^s3://[a-z0-9.-]+(/.*)?$",
+        description="s3://bucket/prefix a policy's storage.s3.uri must equal; `{namespace}` stands for the run's "
+        "namespace, and only with it may a policy's uri lie below the grant's.",
+    )  # fmt: skip
+    endpoint: str | None = Field(None, description="The endpoint the grant is for (one of allowedS3Endpoints); None: AWS.")
+
+    def allows(self, namespace: str) -> bool:
+        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces)
 
 
 class OperatorSettings(BaseSettings):
@@ -90,12 +143,25 @@ class OperatorSettings(BaseSettings):
     )
     operator_metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics.")
     kueue: KueueSettings = Field(default_factory=KueueSettings, description="How Kueue admits jobs, if it runs.")
+    storage_grants: list[StorageGrant] = Field(
+        default_factory=list, description="S3 prefixes the operator may use its own identity for, per namespace; "
+        "empty: a CheckpointPolicy without credentialsSecret is never listed or deleted by the operator.",
+    )  # fmt: skip
+    allowed_s3_endpoints: list[str] = Field(
+        default_factory=list, description="S3 endpoint URLs a Corpus or CheckpointPolicy may name (exact, without a "
+        "trailing slash); empty: only AWS's default endpoint.",
+    )  # fmt: skip
+    control_run_deadline_seconds: float = Field(
+        60.0, gt=0, description="Longest one run's control pass may take; a run past it is reported and skipped."
+    )
+    control_concurrency: int = Field(4, ge=1, le=64, description="Runs whose control passes run at the same time.")
+    curation: CurationSettings = Field(default_factory=CurationSettings, description="Limits of curation Jobs.")
 
     def pool(self, name: str) -> NodePool | None:
         return next((p for p in self.node_pools if p.name == name), None)
 
     def image_allowed(self, image: str) -> bool:
-        return image == self.trainer_image or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_trainer_images)
+        return image == self.trainer_image or any(image_pattern_matches(image, p) for p in self.allowed_trainer_images)
 
 
 def load_settings(path: str | Path | None = None) -> OperatorSettings:

@@ -16,7 +16,7 @@ SETTINGS_CM = "cpt-cpt-operator-settings"
 EVERY_KEY = {
     "settings": {
         "trainerImage": "registry.example.com/cpt/trainer:1.2.3",
-        "allowedTrainerImages": ["registry.example.com/cpt/*"],
+        "allowedTrainerImages": ["registry.example.com/cpt/*:*"],
         "nodePools": [
             {
                 "name": "h200",
@@ -29,9 +29,13 @@ EVERY_KEY = {
                 "cpu": 96,
                 "memory": "1500Gi",
                 "allowedNamespaces": ["team-*"],
+                "allowedPriorityClasses": ["training-high"],
+                "allowedTolerationKeys": ["example.com/maintenance"],
             },
             {"name": "l40s"},
         ],
+        "curation": {"allowedNamespaces": ["team-*"], "maxParallelism": 32, "maxGpusPerPod": 2, "gpuNodePool": "h200",
+                     "queueName": "curation"},
         "prometheus": {
             "url": "https://prometheus.monitoring.svc:9091",
             "bearerTokenSecret": {"name": "prometheus-reader", "key": "token"},
@@ -83,6 +87,11 @@ def test_every_settings_value_reaches_operator_settings(render: Any) -> None:
     assert h200.allows("team-a") and not h200.allows("other")
     # Keys a pool leaves out take OperatorSettings' defaults, not nulls.
     assert settings.pool("l40s").gpu_resource == "nvidia.com/gpu"
+    assert settings.pool("l40s").allowed_priority_classes == [] and settings.pool("l40s").allowed_toleration_keys == []
+    assert (h200.allowed_priority_classes, h200.allowed_toleration_keys) == (["training-high"], ["example.com/maintenance"])
+    cur = settings.curation
+    assert (cur.allowed_namespaces, cur.max_parallelism, cur.max_gpus_per_pod, cur.gpu_node_pool, cur.queue_name) == (
+        ["team-*"], 32, 2, "h200", "curation")
     # Every NodePool field is reachable from values.
     assert set(data["node_pools"][0]) == set(type(h200).model_fields)
 

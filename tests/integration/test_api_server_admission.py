@@ -117,3 +117,41 @@ def test_the_api_server_refuses_what_our_validator_refuses(identities: dict[str,
     message = resp.json().get("message", "")
     wanted = "metadata.name" if case_id == "bad-run-name" else field
     assert wanted in message, f"{case_id}: the server's message does not name {wanted}: {message[:600]}"
+
+
+NUMBERS = """apiVersion: cpt.dev/v1alpha1
+kind: CPTRun
+metadata:
+  name: yaml-numbers
+spec:
+  baseModel:
+    location: {pvc: {claimName: team-data, path: models/base}}
+    parameters: 1_100_000_000
+  corpora:
+    - {name: docs, role: domain}
+  mixing: {alpha: 1.0}
+  training:
+    totalTokens: 5e10
+    learningRate: 3e-5
+    minLearningRate: 3.0E-6
+  resources: {nodePool: h100-80gb, nodes: 1, gpusPerNode: 8}
+  checkpointPolicyRef: {name: default}
+"""
+
+
+def test_yaml_numbers_are_read_as_the_api_server_reads_them(identities: dict[str, Identity], namespace: str) -> None:
+    """The same YAML text, sent as YAML to the API server (which parses it as kubectl does) and
+    read by our reader: the stored numbers equal ours."""
+    from cpt_operator.api.reading import read_text
+
+    (doc,) = read_text(NUMBERS)
+    ours = doc.body["spec"]
+    tenant = identities["tenant-a"]
+    path = tenant.path_of({"apiVersion": "cpt.dev/v1alpha1", "kind": "CPTRun", "metadata": {"name": "x"}}, namespace, with_name=False)
+    resp = tenant.request("POST", path, NUMBERS, "application/yaml", params={"dryRun": "All", "fieldValidation": "Strict"})
+    assert resp.status_code == 201, resp.text[:1000]
+    stored = resp.json()["spec"]
+    for section, field in (("training", "totalTokens"), ("training", "learningRate"), ("training", "minLearningRate"),
+                           ("baseModel", "parameters")):  # fmt: skip
+        assert stored[section][field] == ours[section][field], (section, field, stored[section][field], ours[section][field])
+    assert ours["training"]["totalTokens"] == 50_000_000_000 and ours["baseModel"]["parameters"] == 1_100_000_000

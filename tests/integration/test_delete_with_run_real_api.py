@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from harness import OperatorProcess, eventually
+from harness import test_settings as operator_settings
 from integration_flows import LONG, play_kubelet, record_answers
 from integration_setup import Identity
 from loopback_servers import s3_endpoint  # noqa: F401  (fixture)
@@ -44,7 +45,9 @@ async def test_s3_checkpoints_are_deleted_with_the_run(identities: dict[str, Ide
         for step in (500, 1000):
             for leaf in ("model/weights.bin", "metrics.json", "COMPLETE"):
                 bucket.put_object(Bucket=BUCKET, Key=f"cpt/{namespace}/{name}/step-{step:08d}/{leaf}", Body=b"x")
-    op = OperatorProcess(connection=identities["operator"].connection())
+    settings = operator_settings()
+    settings.allowed_s3_endpoints = [s3_endpoint]  # the platform's endpoint allowlist names moto's server
+    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
     answers = record_answers(op)
     tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
     admin = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")

@@ -150,10 +150,11 @@ def test_settings() -> OperatorSettings:
     return OperatorSettings(
         node_pools=[
             {"name": "h100-80gb", "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+             "allowed_priority_classes": ["training-high"]},  # the legal-cpt example's
             {"name": "vip-pool", "allowed_namespaces": ["vip-*"]},
         ],
-        allowed_trainer_images=["registry.example/cpt/*"],
+        allowed_trainer_images=["registry.example/cpt/*:*"],
     )  # fmt: skip
 
 

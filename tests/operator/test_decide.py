@@ -26,7 +26,7 @@ def spec(**resources):
 
 SETTINGS = OperatorSettings(
     node_pools=[NodePool(name="h100"), NodePool(name="vip", allowed_namespaces=["vip-*"]), NodePool(name="small", gpus_per_node=4)],
-    allowed_trainer_images=["registry.example/cpt/*"],
+    allowed_trainer_images=["registry.example/cpt/*:*"],
 )
 
 

@@ -106,6 +106,13 @@ async def start_s3_run(client: kube.KubeClient, ns: str, run: str, endpoint: str
     await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name(run))
 
 
+def s3_settings(endpoint: str) -> Any:
+    """The test settings with the moto endpoint on the platform's allowlist (allowedS3Endpoints)."""
+    settings = operator_settings()
+    settings.allowed_s3_endpoints = [endpoint]
+    return settings
+
+
 async def delete_and_wait_finalizer(client: kube.KubeClient, ns: str, run: str) -> None:
     async def finalized() -> bool:
         body = await client.get(kube.CPTRUNS, ns, run)
@@ -207,7 +214,7 @@ async def test_s3_checkpoints_are_deleted_with_the_tenants_credentials(
             for leaf in ("model/weights.bin", "metrics.json", "COMPLETE"):
                 bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/{ns}/{name}/step-{step:08d}/{leaf}", Body=b"x")
     bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/other-team/{run}/step-00000500/COMPLETE", Body=b"x")
-    op = OperatorProcess(cluster[1])
+    op = OperatorProcess(cluster[1], s3_settings(s3_endpoint))
     await op.start()
     try:
         await start_s3_run(client, ns, run, s3_endpoint)
@@ -227,7 +234,7 @@ async def test_s3_deletion_without_the_secret_keys_keeps_the_checkpoints(
 ) -> None:
     ns, run = "legal-team", "llama3-8b-legal"
     bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/{ns}/{run}/step-00000500/COMPLETE", Body=b"x")
-    op = OperatorProcess(cluster[1])
+    op = OperatorProcess(cluster[1], s3_settings(s3_endpoint))
     await op.start()
     try:
         await start_s3_run(client, ns, run, s3_endpoint)

@@ -142,7 +142,7 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
 */}}
 {{- define "cpt-operator.settingsFile" -}}
 {{- $s := .Values.settings }}
-{{- $poolKeys := dict "nodeSelector" "node_selector" "tolerations" "tolerations" "gpuResource" "gpu_resource" "gpusPerNode" "gpus_per_node" "gpuMemoryGiB" "gpu_memory_gib" "gpuPeakTflops" "gpu_peak_tflops" "cpu" "cpu" "memory" "memory" "allowedNamespaces" "allowed_namespaces" }}
+{{- $poolKeys := dict "nodeSelector" "node_selector" "tolerations" "tolerations" "gpuResource" "gpu_resource" "gpusPerNode" "gpus_per_node" "gpuMemoryGiB" "gpu_memory_gib" "gpuPeakTflops" "gpu_peak_tflops" "cpu" "cpu" "memory" "memory" "allowedNamespaces" "allowed_namespaces" "allowedPriorityClasses" "allowed_priority_classes" "allowedTolerationKeys" "allowed_toleration_keys" }}
 {{- $pools := list }}
 {{- range $pool := $s.nodePools }}
 {{- $p := dict "name" $pool.name }}
@@ -165,11 +165,21 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
   "price_per_gpu_hour" $s.pricePerGpuHour
   "backoff_limit" $s.backoffLimit
   "pvc_mount_root" $s.pvcMountRoot
+  "storage_grants" ($s.storageGrants | default list)
+  "allowed_s3_endpoints" ($s.allowedS3Endpoints | default list)
+  "control_run_deadline_seconds" $s.controlRunDeadlineSeconds
+  "control_concurrency" $s.controlConcurrency
   "cleanup_image" (include "cpt-operator.image" .)
   "operator_metrics_port" .Values.metrics.port
   "watch_namespaces" (ternary (list) (.Values.rbac.watchNamespaces | default list) (eq .Values.rbac.scope "cluster"))
   "kueue" (dict "manage_jobs_without_queue_name" $s.kueue.manageJobsWithoutQueueName "workload_api_version" $s.kueue.workloadApiVersion)
 }}
+{{- with $s.curation }}
+{{- $cur := dict "allowed_namespaces" (.allowedNamespaces | default list) "max_parallelism" .maxParallelism "max_gpus_per_pod" .maxGpusPerPod }}
+{{- with .gpuNodePool }}{{ $_ := set $cur "gpu_node_pool" . }}{{ end }}
+{{- with .queueName }}{{ $_ := set $cur "queue_name" . }}{{ end }}
+{{- $_ := set $out "curation" $cur }}
+{{- end }}
 {{- with $s.prometheus.url }}
 {{- $_ := set $out "prometheus_url" . }}
 {{- end }}

@@ -21,6 +21,15 @@ from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
+RUN_LEFTOVER = re.compile(r"^(\.tmp-)?step-\d{8,}$")  # what delete_run removes: checkpoints and unfinished saves
+
+MAX_LIST_PAGES = 200
+"""Most ListObjectsV2 pages one listing reads (1,000 keys each from S3): an endpoint that says
+IsTruncated forever fails that run's listing, it does not keep the control loop busy."""
+MAX_LIST_OBJECTS = 100_000
+"""Most keys one listing collects."""
+MAX_METRICS_BYTES = 1 << 20
+"""Largest checkpoint metrics.json read; a bigger one counts as missing."""
 
 
 def step_dir_name(step: int) -> str:
@@ -33,6 +42,42 @@ class DeletionRefused(Exception):
 
 class StorageError(Exception):
     """The store failed (network, permissions); retry later, nothing was decided."""
+
+
+class ListingTooLarge(StorageError):
+    """A listing passed MAX_LIST_PAGES or MAX_LIST_OBJECTS (or repeated a continuation token)."""
+
+
+class StorageRefused(StorageError):
+    """The operator will not reach this storage at all (no credentials it may use, an endpoint
+    not on the platform's allowlist): no request is made; retrying cannot help until the
+    policy or the operator's settings change."""
+
+
+class RefusedCheckpointStore:
+    """An S3 policy the operator may not reach: every operation raises StorageRefused, before any
+    request (so nothing is listed or deleted, and no credentials go anywhere)."""
+
+    deletes_later = False
+
+    def __init__(self, prefix: str, reason: str):
+        self.prefix = prefix.rstrip("/")
+        self.reason = reason
+
+    def _refuse(self) -> StorageRefused:
+        return StorageRefused(f"storage access refused: {self.reason}")
+
+    def list_complete(self) -> list[StoredCheckpoint]:
+        raise self._refuse()
+
+    def read_metrics(self, step: int) -> dict[str, Any] | None:
+        raise self._refuse()
+
+    def delete(self, uri: str) -> None:
+        raise self._refuse()
+
+    def delete_run(self) -> int:
+        raise self._refuse()
 
 
 @dataclass(frozen=True)
@@ -92,10 +137,14 @@ class S3CheckpointStore:
 
     deletes_later = False
 
-    def __init__(self, prefix_uri: str, client: Any):
+    def __init__(self, prefix_uri: str, client: Any, max_pages: int = MAX_LIST_PAGES, max_objects: int = MAX_LIST_OBJECTS,
+                 max_metrics_bytes: int = MAX_METRICS_BYTES):  # fmt: skip
         self.prefix = prefix_uri.rstrip("/")
         self.bucket, self.key_prefix = _split_s3(self.prefix)
+        if not self.key_prefix:
+            raise ValueError(f"a run's prefix must lie below the bucket: {prefix_uri!r}")
         self.client = client
+        self.max_pages, self.max_objects, self.max_metrics_bytes = max_pages, max_objects, max_metrics_bytes
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -106,17 +155,27 @@ class S3CheckpointStore:
             raise StorageError(f"S3 {method} on {self.bucket} failed: {exc}") from None
 
     def _keys(self, prefix: str) -> list[str]:
+        """Every key below `prefix` (which ends in "/"), bounded: at most max_pages pages and
+        max_objects keys, else ListingTooLarge (nothing is decided on a partial listing)."""
         keys: list[str] = []
         token = None
-        while True:
+        seen_tokens: set[str] = set()
+        for _ in range(self.max_pages):
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", **kwargs)
-            keys += [o["Key"] for o in page.get("Contents", [])]
+            # A server's answer is not trusted to honour the prefix.
+            keys += [k for k in (o.get("Key", "") for o in page.get("Contents", [])) if k.startswith(prefix)]
+            if len(keys) > self.max_objects:
+                raise ListingTooLarge(f"listing s3://{self.bucket}/{prefix} passed {self.max_objects} objects; nothing was decided")
             if not page.get("IsTruncated"):
                 return keys
-            token = page["NextContinuationToken"]
+            token = page.get("NextContinuationToken")
+            if not token or token in seen_tokens:
+                raise ListingTooLarge(f"listing s3://{self.bucket}/{prefix}: the server repeated or omitted its continuation token")
+            seen_tokens.add(token)
+        raise ListingTooLarge(f"listing s3://{self.bucket}/{prefix} passed {self.max_pages} pages; nothing was decided")
 
     def list_complete(self) -> list[StoredCheckpoint]:
         out = []
@@ -133,13 +192,18 @@ class S3CheckpointStore:
 
         key = f"{self.key_prefix}/{step_dir_name(step)}/{CHECKPOINT_METRICS_FILE}"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            answer = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{self.max_metrics_bytes}")
+            body = answer["Body"].read(self.max_metrics_bytes + 1)
+            answer["Body"].close()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise StorageError(f"S3 get_object {key} failed: {exc}") from None
         except BotoCoreError as exc:  # connection reset, timeout, a broken response stream
             raise StorageError(f"S3 get_object {key} failed: {exc}") from None
+        if len(body) > self.max_metrics_bytes:
+            logger.warning("ignoring s3://%s/%s: larger than %d bytes", self.bucket, key, self.max_metrics_bytes)
+            return None
         return parse_metrics(body, f"s3://{self.bucket}/{key}")
 
     def _delete_keys(self, keys: list[str]) -> None:
@@ -161,7 +225,10 @@ class S3CheckpointStore:
         self._delete_keys(keys)
 
     def delete_run(self) -> int:
-        keys = self._keys(self.key_prefix + "/")
+        """Delete the run's checkpoints: the keys in direct `step-NNNNNNNN/` (or `.tmp-step-`)
+        children of `<prefix>/<namespace>/<run>/`, nothing else below or beside it."""
+        base = self.key_prefix + "/"
+        keys = [k for k in self._keys(base) if "/" in k[len(base) :] and RUN_LEFTOVER.match(k[len(base) :].split("/", 1)[0])]
         self._delete_keys(keys)
         return len(keys)
 
@@ -187,7 +254,14 @@ class LocalCheckpointStore:
 
     def read_metrics(self, step: int) -> dict[str, Any] | None:
         path = Path(self.prefix) / step_dir_name(step) / CHECKPOINT_METRICS_FILE
-        return parse_metrics(path.read_bytes(), str(path)) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with path.open("rb") as fh:
+            body = fh.read(MAX_METRICS_BYTES + 1)
+        if len(body) > MAX_METRICS_BYTES:
+            logger.warning("ignoring %s: larger than %d bytes", path, MAX_METRICS_BYTES)
+            return None
+        return parse_metrics(body, str(path))
 
     def delete(self, uri: str) -> None:
         step = confined_step(self.prefix, uri)

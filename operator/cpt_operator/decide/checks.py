@@ -1,7 +1,9 @@
-"""Platform checks of a run against the operator's settings: node pool and image (pure).
+"""Platform checks against the operator's settings (pure): a run's node pool, image, priority
+class and tolerations; a Corpus's curation Job (namespace, parallelism, GPUs, pool).
 
-A failed check is a condition on the run (Accepted=False) with a message the tenant can
-act on, never a pod that stays Pending on a pool it may not use.
+A failed check is a condition (Accepted=False) with a message the tenant can act on, and
+nothing is rendered: never a pod that stays Pending on a pool it may not use, nor one that
+preempts others or tolerates its way past the platform's taints.
 """
 
 from __future__ import annotations
@@ -9,8 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cpt_operator import conditions as c
+from cpt_operator.api.common import Toleration
+from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.settings import NodePool, OperatorSettings
+
+PRIORITY_CLASS_NOT_ALLOWED = "PriorityClassNotAllowed"
+TOLERATION_NOT_ALLOWED = "TolerationNotAllowed"
+CURATION_NOT_ALLOWED = "CurationNotAllowed"
+CURATION_EXCEEDS_LIMITS = "CurationExceedsLimits"
 
 
 @dataclass(frozen=True)
@@ -44,3 +53,56 @@ def check_image(spec: CPTRunSpec, settings: OperatorSettings) -> Refusal | None:
     if image is None or settings.image_allowed(image):
         return None
     return Refusal(c.IMAGE_NOT_ALLOWED, f"spec.trainer.image {image!r} is not in the platform's allowed trainer images; omit it to use {settings.trainer_image!r}")  # noqa: E501
+
+
+def check_scheduling(spec: CPTRunSpec, pool: NodePool) -> Refusal | None:
+    """None when the run's priority class and tolerations are within what its pool allows.
+
+    Priority class: one of `pool.allowed_priority_classes` (empty: none may be set). A tenant
+    toleration: a copy of one of the pool's own, or one for a key in
+    `pool.allowed_toleration_keys`; a toleration without a key (with `Exists` it tolerates every
+    taint: other pools, cordons, evictions) is always refused."""
+    res = spec.resources
+    if res.priority_class_name and res.priority_class_name not in pool.allowed_priority_classes:
+        allowed = ", ".join(pool.allowed_priority_classes) or "none"
+        return Refusal(PRIORITY_CLASS_NOT_ALLOWED, f"spec.resources.priorityClassName {res.priority_class_name!r} is not allowed on node pool {pool.name!r} (allowed: {allowed}); omit it or ask the platform team")  # noqa: E501
+    for i, t in enumerate(res.tolerations):
+        why = _toleration_refused(t, pool)
+        if why:
+            return Refusal(TOLERATION_NOT_ALLOWED, f"spec.resources.tolerations[{i}]: {why}; the pool's own tolerations are added for you")  # noqa: E501
+    return None
+
+
+def _toleration_refused(t: Toleration, pool: NodePool) -> str:
+    if not t.key:
+        return "a toleration without a key tolerates every taint and is never allowed"
+    if t.to_wire() in [dict(p) for p in pool.tolerations]:
+        return ""
+    if t.key in pool.allowed_toleration_keys:
+        return ""
+    allowed = ", ".join(pool.allowed_toleration_keys) or "none"
+    return f"taint key {t.key!r} is not one node pool {pool.name!r} lets runs tolerate (allowed keys: {allowed})"
+
+
+def check_curation(spec: CorpusSpec, namespace: str, settings: OperatorSettings) -> tuple[NodePool | None, Refusal | None]:
+    """The node pool of a GPU curation Job (None for CPU-only), or why the Corpus may not curate
+    as asked: `settings.curation` bounds its namespace, parallelism and GPUs per pod, and GPU
+    pods go to `curation.gpu_node_pool` under that pool's namespace and GPU checks."""
+    cur = settings.curation
+    if not cur.allows(namespace):
+        return None, Refusal(CURATION_NOT_ALLOWED, f"namespace {namespace!r} may not run curation Jobs; ask the platform team")
+    if spec.parallelism > cur.max_parallelism:
+        return None, Refusal(CURATION_EXCEEDS_LIMITS, f"spec.parallelism {spec.parallelism} exceeds the platform's limit of {cur.max_parallelism} curation pods")  # noqa: E501
+    gpu = spec.resources.gpu
+    if not gpu:
+        return None, None
+    if gpu > cur.max_gpus_per_pod or not cur.gpu_node_pool:
+        return None, Refusal(CURATION_EXCEEDS_LIMITS, f"spec.resources.gpu {gpu} exceeds the platform's limit of {cur.max_gpus_per_pod if cur.gpu_node_pool else 0} GPUs per curation pod")  # noqa: E501
+    pool = settings.pool(cur.gpu_node_pool)
+    if pool is None:
+        return None, Refusal(CURATION_NOT_ALLOWED, f"the platform's curation GPU pool {cur.gpu_node_pool!r} is not a node pool; ask the platform team")  # noqa: E501
+    if not pool.allows(namespace):
+        return None, Refusal(CURATION_NOT_ALLOWED, f"namespace {namespace!r} may not use node pool {pool.name!r} for GPU curation; set spec.resources.gpu: 0 or ask the platform team")  # noqa: E501
+    if gpu > pool.gpus_per_node:
+        return None, Refusal(CURATION_EXCEEDS_LIMITS, f"spec.resources.gpu {gpu} exceeds the {pool.gpus_per_node} GPUs per node of pool {pool.name!r}")  # noqa: E501
+    return pool, None

@@ -225,10 +225,33 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         await post_event(ctx, body, type_, reason, message)
 
 
+async def _control_run_bounded(ctx: OperatorContext, prom: PrometheusClient | None, body: dict[str, Any],
+                               limit: asyncio.Semaphore) -> None:  # fmt: skip
+    """One run's pass under its own deadline (`control_run_deadline_seconds`): a run whose storage
+    or metrics stall is reported (log, Warning Event) and skipped this pass; the others go on."""
+    meta = body["metadata"]
+    namespace, name = meta.get("namespace"), meta.get("name")
+    deadline = ctx.settings.control_run_deadline_seconds
+    async with limit:
+        try:
+            await asyncio.wait_for(control_run(ctx, prom, body), timeout=deadline)
+        except asyncio.TimeoutError:
+            ERRORS.labels("control").inc()
+            message = f"the control pass of this run took longer than {deadline:g} s and was skipped; it is retried next pass"
+            logger.warning("CPTRun %s/%s: %s", namespace, name, message)
+            await post_event(ctx, body, "Warning", "ControlPassDeadlineExceeded", message)
+        except Exception:  # one run's failure must not stop the others
+            ERRORS.labels("control").inc()
+            logger.exception("control pass of %s/%s failed", namespace, name)
+
+
 async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None, leadership: Leadership | None = None) -> int:
     """One pass over every active run in the watched namespaces this replica leads; returns
-    how many runs were visited."""
+    how many runs were visited. Runs are handled concurrently (at most `control_concurrency` at
+    a time), each under its own deadline, so one run never delays another's."""
     visited = 0
+    limit = asyncio.Semaphore(ctx.settings.control_concurrency)
+    passes = []
     for namespace in ctx.settings.watch_namespaces or [""]:
         if leadership is not None and not await leadership.active(namespace):
             continue  # another replica is active (Kopf's peering): it runs the loop
@@ -236,11 +259,8 @@ async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None, lead
             if (body.get("status") or {}).get("phase") not in ACTIVE_PHASES:
                 continue
             visited += 1
-            try:
-                await control_run(ctx, prom, body)
-            except Exception:  # one run's failure must not stop the others
-                ERRORS.labels("control").inc()
-                logger.exception("control pass of %s/%s failed", body["metadata"].get("namespace"), body["metadata"].get("name"))
+            passes.append(_control_run_bounded(ctx, prom, body, limit))
+    await asyncio.gather(*passes)
     return visited
 
 

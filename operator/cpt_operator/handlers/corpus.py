@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from cpt_operator import conditions as c
 from cpt_operator import kube
 from cpt_operator.api.corpus import CorpusSpec
+from cpt_operator.decide.checks import check_curation
 from cpt_operator.decide.corpus_phase import corpus_job_state, parse_curation_report
 from cpt_operator.handlers.common import check_secret, conditions_with, ensure_object, secret_retry, write_status
 from cpt_operator.handlers.context import OperatorContext, context_of
@@ -79,6 +80,12 @@ async def reconcile_corpus(
         if current.get("phase") == "Ready":  # curated; its Job was cleaned up: nothing to redo
             finish("Ready")
             return
+        # What the platform allows (namespace, parallelism, GPUs, pool): refused, no Job.
+        pool, refusal = check_curation(corpus, namespace, ctx.settings)
+        if refusal is not None:
+            updates += [(c.ACCEPTED, False, refusal.reason, refusal.message), (c.READY, False, refusal.reason, refusal.message)]
+            finish(current.get("phase") or "Pending")
+            return
         missing = await check_secret(ctx, namespace, secret_ref)
         if missing is not None:
             updates += [(c.ACCEPTED, True, c.SPEC_ACCEPTED, "the spec is valid"), (c.READY, False, missing.reason, missing.message)]
@@ -86,7 +93,7 @@ async def reconcile_corpus(
             raise secret_retry(ctx, missing, retry)
         await ensure_object(ctx, kube.CONFIGMAPS, configmap)
         job_body, created = await ensure_object(
-            ctx, kube.JOBS, render_curation_job(namespace, name, uid, corpus, ctx.settings, config_text)
+            ctx, kube.JOBS, render_curation_job(namespace, name, uid, corpus, ctx.settings, config_text, pool)
         )
         if created:
             logger.info("created curation Job %s/%s", namespace, job_body["metadata"]["name"])

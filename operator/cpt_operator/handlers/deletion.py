@@ -1,9 +1,10 @@
 """Deleting a run's checkpoints with it (CheckpointPolicy deleteWithRun), for real.
 
-S3: `S3CheckpointStore.delete_run` with the tenant's credentials, confined to the run's own
-prefix; a storage error is retried. PVC: a cleanup Job in the tenant's namespace mounts the
-claim and deletes the run's step folders (`cpt_operator.cleanup`); the handler is called
-again until the Job has finished.
+S3: `S3CheckpointStore.delete_run` with the tenant's credentials (or the operator's own identity
+on a prefix the platform granted the namespace), confined to the run's own prefix's step folders;
+a storage error is retried, a refused storage (handlers.stores) keeps the checkpoints. PVC: a
+cleanup Job in the tenant's namespace mounts the claim and deletes the run's step folders
+(`cpt_operator.cleanup`); the handler is called again until the Job has finished.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import kopf
 from cpt_operator import kube
 from cpt_operator.api.common import StorageLocation
 from cpt_operator.checkpoint_store import CheckpointsKept
-from cpt_operator.control.storage import StorageError
+from cpt_operator.control.storage import StorageError, StorageRefused
 from cpt_operator.handlers.context import OperatorContext
 from cpt_operator.handlers.stores import CredentialsMissing, s3_store_for
 from cpt_operator.render import names
@@ -49,6 +50,8 @@ class ClusterCheckpointDeleter:
             raise CheckpointsKept(f"{exc}; the checkpoints below {storage.s3.uri} were kept") from None  # type: ignore[union-attr]
         try:
             deleted = await asyncio.to_thread(store.delete_run)
+        except StorageRefused as exc:  # no credentials it may use, an endpoint not allowed: nothing was sent
+            raise CheckpointsKept(f"{exc}; the checkpoints below {store.prefix}/ were kept") from None
         except StorageError as exc:
             raise kopf.TemporaryError(f"deleting the checkpoints failed, retrying: {exc}", delay=WAIT_SECONDS) from None
         return f"deleted {deleted} object(s) below {store.prefix}/"

@@ -19,7 +19,7 @@ from cpt_operator import kube
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.decide.checks import check_image, check_pool
+from cpt_operator.decide.checks import check_image, check_pool, check_scheduling
 from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.immutable import changed_immutable_fields
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
@@ -108,6 +108,8 @@ async def reconcile_run(
     # 2. What the platform allows.
     pool, refusal = check_pool(run, namespace, settings)
     refusal = refusal or check_image(run, settings)
+    if refusal is None and pool is not None:
+        refusal = check_scheduling(run, pool)
     changed = changed_immutable_fields(view.spec_digest, run.to_wire()) if view is not None else []
     if refusal is None and changed:
         refusal_reason = c.IMMUTABLE_FIELD_CHANGED

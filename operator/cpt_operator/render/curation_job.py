@@ -18,7 +18,7 @@ from cpt_operator.render.pod import (
     volumes_and_mounts,
 )
 from cpt_operator.render.trainer_config import render_curation_config
-from cpt_operator.settings import OperatorSettings
+from cpt_operator.settings import NodePool, OperatorSettings
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
@@ -44,23 +44,35 @@ def render_curation_configmap(namespace: str, name: str, uid: str, spec: CorpusS
 
 
 def render_curation_job(
-    namespace: str, name: str, uid: str, spec: CorpusSpec, settings: OperatorSettings, config_text: str
+    namespace: str, name: str, uid: str, spec: CorpusSpec, settings: OperatorSettings, config_text: str,
+    pool: NodePool | None = None,
 ) -> dict[str, Any]:
     """An Indexed Job: `parallelism` pods, each curating its slice ($JOB_COMPLETION_INDEX);
-    worker 0 also reduces and writes the small status JSON to its termination message."""
+    worker 0 also reduces and writes the small status JSON to its termination message.
+
+    `pool` (decide.checks.check_curation: the curation GPU pool, for GPU pods) gives the pods its
+    node selector, tolerations and GPU resource; `settings.curation.queue_name` labels the Job for
+    Kueue, created suspended (Kueue un-suspends it on admission)."""
     res = spec.resources
     volumes, mounts = volumes_and_mounts(names.curation_configmap_name(name), corpus_locations(spec), settings.pvc_mount_root, shm=False)
     limits: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
     if res.gpu:
-        limits["nvidia.com/gpu"] = str(res.gpu)
+        limits[pool.gpu_resource if pool is not None else "nvidia.com/gpu"] = str(res.gpu)
     labels = names.corpus_labels(namespace, name)
+    job_labels = dict(labels)
+    queue = settings.curation.queue_name
+    if queue:
+        job_labels[names.KUEUE_QUEUE_LABEL] = queue
+    placement: dict[str, Any] = {}
+    if pool is not None:
+        placement = {"nodeSelector": dict(pool.node_selector), "tolerations": [dict(t) for t in pool.tolerations]}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": names.curation_job_name(name),
             "namespace": namespace,
-            "labels": labels,
+            "labels": job_labels,
             "annotations": {names.ANNOTATION_CONFIG_DIGEST: digest(config_text)},
             "ownerReferences": [names.owner_reference(API_VERSION, "Corpus", name, uid)],
         },
@@ -69,10 +81,12 @@ def render_curation_job(
             "completions": spec.parallelism,
             "parallelism": spec.parallelism,
             "backoffLimit": settings.backoff_limit,
+            **({"suspend": True} if queue else {}),
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
                     **pod_identity(restart_policy="Never"),
+                    **placement,
                     "containers": [
                         {
                             "name": "curate",
