@@ -28,6 +28,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_GO = ROOT / "tests" / "cluster"
@@ -183,6 +184,32 @@ def _wait(name: str, proc: subprocess.Popen, ready, timeout: float) -> None:
     raise RuntimeError(f"{name} {why}; last lines of {log}:\n{_tail(log)}")
 
 
+def _webhooks_answer(cluster: Cluster, path: str, body: dict) -> Callable[[], bool]:
+    """A readiness check through the API server: a dry-run create that the just-registered
+    webhooks must answer. A wrapper's `ready` file only says the webhook server started; the API
+    server may still call an earlier start's address until it has read the new configuration."""
+    import base64
+    import json
+
+    import requests
+    import yaml
+
+    cfg = yaml.safe_load(cluster.kubeconfig("admin").read_text())
+    ca = cluster.state_dir / "admin.webhook-probe.ca.crt"
+    ca.write_bytes(base64.b64decode(cfg["clusters"][0]["cluster"]["certificate-authority-data"]))
+    headers = {"Authorization": f"Bearer {cfg['users'][0]['user']['token']}", "Content-Type": "application/json"}
+
+    def ready() -> bool:
+        try:
+            resp = requests.post(cluster.server + path, params={"dryRun": "All"}, data=json.dumps(body), headers=headers,
+                                 verify=str(ca), timeout=15)  # fmt: skip
+        except requests.RequestException:
+            return False
+        return resp.status_code < 300 or "failed calling webhook" not in resp.text
+
+    return ready
+
+
 def _remove_stale_state_dirs() -> None:
     """The .cluster/pytest-PID dirs of processes that are gone (their logs, a killed run's etcd)."""
     for d in (ROOT / ".cluster").glob("pytest-*"):
@@ -225,6 +252,10 @@ def start_kueue(ready_timeout: float = 240) -> Path:
             "--module-dir", str(module_dir("kueue", KUEUE_MODULE)), "--state-dir", str(state_dir)]  # fmt: skip
     proc = _spawn("kueue-up", args, state_dir)
     _wait("kueue-up", proc, (state_dir / "ready").exists, ready_timeout)
+    probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "webhook-probe", "namespace": "default",
+             "labels": {"kueue.x-k8s.io/queue-name": "webhook-probe"}},
+             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}  # fmt: skip
+    _wait("kueue-up", proc, _webhooks_answer(cluster, "/apis/batch/v1/namespaces/default/jobs", probe), ready_timeout)
     return state_dir
 
 
@@ -241,6 +272,11 @@ def start_training_operator(ready_timeout: float = 240) -> Path:
             "--state-dir", str(state_dir)]  # fmt: skip
     proc = _spawn("training-operator-up", args, state_dir)
     _wait("training-operator-up", proc, (state_dir / "ready").exists, ready_timeout)
+    template = {"spec": {"containers": [{"name": "pytorch", "image": "pytorch"}]}}
+    probe = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "webhook-probe", "namespace": "default"},
+             "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}}}  # fmt: skip
+    _wait("training-operator-up", proc,
+          _webhooks_answer(cluster, "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs", probe), ready_timeout)  # fmt: skip
     return state_dir
 
 
