@@ -26,7 +26,6 @@ class JobView:
     spec_digest: str | None
     config_digest: str | None
     queue_name: str | None = None  # Kueue's queue label on the job, whoever set it
-    uid: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "JobView":
@@ -41,7 +40,6 @@ class JobView:
             spec_digest=annotations.get(ANNOTATION_SPEC_DIGEST),
             config_digest=annotations.get(ANNOTATION_CONFIG_DIGEST),
             queue_name=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
-            uid=meta.get("uid"),
         )
 
 

@@ -41,6 +41,8 @@ class OperatorContext:
     """Filled in at startup when peering is on: the control loop follows Kopf's leader."""
     retain_written: dict[tuple[str, str], str] = field(default_factory=dict)
     """The retain list this process last wrote per (namespace, run): unchanged ones are not rewritten."""
+    kueue_workload_version: str | None = None
+    """Kueue's Workload API version the server prefers, read once from discovery (job_control)."""
 
 
 def login_info(ctx: OperatorContext) -> Any:

@@ -24,9 +24,6 @@ def is_kueue_managed(job: dict[str, Any], settings: Any) -> bool:
     return kueue_managed(job_queue_label(job), settings.kueue.manage_jobs_without_queue_name)
 
 
-_preferred: dict[int, str] = {}
-
-
 async def workloads_resource(ctx: Any) -> kube.Resource | None:
     """Kueue's Workloads in the configured API version or, by default, the one the API server
     prefers: writing through an older served version drops the fields it lacks, and Kueue's
@@ -34,13 +31,12 @@ async def workloads_resource(ctx: Any) -> kube.Resource | None:
     priorityClassSource"). None when Kueue is not installed."""
     version = ctx.settings.kueue.workload_api_version
     if version == "auto":
-        key = id(ctx)
-        if key not in _preferred:
+        if ctx.kueue_workload_version is None:
             group = await ctx.kube.api_group("kueue.x-k8s.io")
             if group is None:
                 return None
-            _preferred[key] = group["preferredVersion"]["version"]
-        version = _preferred[key]
+            ctx.kueue_workload_version = group["preferredVersion"]["version"]
+        version = ctx.kueue_workload_version
     return kube.Resource("kueue.x-k8s.io", version, "workloads")
 
 
@@ -73,6 +69,8 @@ async def control_job(ctx: Any, namespace: str, job: dict[str, Any], want_stoppe
     `veto_start` is asked before a write that would start the job; True cancels it."""
     suspend = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
     managed = is_kueue_managed(job, ctx.settings)
+    if managed and not want_stopped and not suspend:
+        return None  # admitted and running, as wanted: no Workload to read (the hot path)
     found = await job_workload(ctx, namespace, job) if managed else None
     res, workload = found if found is not None else (None, None)
     active = None
