@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flows import condition, wait_phase
+from flows import apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
 from harness import test_settings as operator_settings
 from integration_flows import LONG, play_kubelet, record_answers
@@ -29,9 +29,7 @@ pytestmark = pytest.mark.timeout(420)
 async def start_run(tenant: kube.KubeClient, admin: kube.KubeClient, namespace: str, trainers: TrainerExporter) -> None:
     objs = example("minimal", namespace)
     objs[f"CPTRun/{RUN}"]["spec"]["training"]["totalTokens"] = TOTAL_TOKENS
-    for key in ("Corpus/docs", "CheckpointPolicy/default", f"CPTRun/{RUN}"):
-        res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
-        await tenant.create(res, namespace, objs[key])
+    await apply_all(tenant, list(objs.values()))  # as the tenant applies them
     await play_kubelet(admin, namespace, "docs", {"documents": 10})
     await eventually(lambda: admin.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN)), timeout=LONG, what="PyTorchJob")
     await trainers.start_pod(admin, namespace)  # its master pod's exporter, discovered by Prometheus

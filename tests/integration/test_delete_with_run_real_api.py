@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
+from flows import apply_all
 from harness import OperatorProcess, eventually
 from harness import test_settings as operator_settings
 from integration_flows import LONG, play_kubelet, record_answers
@@ -58,9 +59,7 @@ async def test_s3_checkpoints_are_deleted_with_the_run(identities: dict[str, Ide
         policy["deleteWithRun"] = True
         policy["storage"]["s3"]["endpoint"] = s3_endpoint
         await tenant.create(kube.SECRETS, namespace, secret(namespace))
-        for key, obj in objs.items():
-            res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
-            await tenant.create(res, namespace, obj)
+        await apply_all(tenant, list(objs.values()))  # as the tenant applies them
         await play_kubelet(admin, namespace, "legal-contracts", {"output_uri": "s3://legal-team-data/curated/contracts"})
         await play_kubelet(admin, namespace, "general-replay", {"output_uri": "s3://legal-team-data/curated/replay"})
         await eventually(lambda: admin.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(run)), timeout=LONG, what="PyTorchJob")

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 import real_cluster
-from flows import condition, wait_phase
+from flows import apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
 from integration_flows import LONG, play_kubelet, record_answers
 from integration_setup import Identity
@@ -65,9 +65,7 @@ def local_queue(admin: Identity, namespace: str, name: str, cluster_queue: str) 
 async def start(tenant: kube.KubeClient, admin: kube.KubeClient, namespace: str, **resources: Any) -> None:
     objs = example("minimal", namespace)
     objs[f"CPTRun/{RUN}"]["spec"]["resources"].update(resources)
-    for key in ("Corpus/docs", "CheckpointPolicy/default", f"CPTRun/{RUN}"):
-        res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
-        await tenant.create(res, namespace, objs[key])
+    await apply_all(tenant, list(objs.values()))  # as the tenant applies them
     await play_kubelet(admin, namespace, "docs", {"documents": 10})
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import pytest
-from flows import wait_phase
+from flows import apply_all, wait_phase
 from harness import OperatorProcess, eventually
 from integration_flows import LONG, play_kubelet, record_answers
 from integration_setup import Identity, apply_chart_rbac
@@ -44,9 +44,7 @@ async def test_namespaced_operator_runs_with_only_the_namespaced_rbac(identities
     try:
         for ns in (namespace, elsewhere):
             objs = example("minimal", ns)
-            for key in ("Corpus/docs", "CheckpointPolicy/default", "CPTRun/docs-cpt"):
-                res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
-                await adm.create(res, ns, objs[key])
+            await apply_all(adm, list(objs.values()))  # as the tenant applies them
         await play_kubelet(adm, namespace, "docs", {"documents": 10})
         await eventually(lambda: adm.get(kube.PYTORCHJOBS, namespace, pytorchjob_name("docs-cpt")), timeout=LONG, what="PyTorchJob")
         await wait_phase(adm, kube.CPTRUNS, namespace, "docs-cpt", "Starting", timeout=LONG)

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from flows import REPORT, condition, wait_phase
+from flows import REPORT, apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
 from integration_flows import LONG, play_kubelet, record_answers
 from integration_setup import Forbidden, Identity
@@ -59,9 +59,7 @@ async def test_corpus_to_pytorchjob_to_garbage_collection(identities: dict[str, 
     await op.start(timeout=LONG)
     try:
         objs = example("minimal", namespace)
-        for key in ("Corpus/docs", "CheckpointPolicy/default", "CPTRun/docs-cpt"):
-            res = {"Corpus": kube.CORPORA, "CheckpointPolicy": kube.CHECKPOINT_POLICIES, "CPTRun": kube.CPTRUNS}[key.split("/")[0]]
-            await tenant.create(res, namespace, objs[key])
+        await apply_all(tenant, list(objs.values()))  # as the tenant applies them
 
         # Corpus -> Job; the real Job controller creates its pod and, once it succeeded, completes the Job.
         await play_kubelet(admin, namespace, "docs", REPORT)

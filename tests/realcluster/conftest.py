@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import real_cluster
 from kubernetes import client, config
@@ -32,3 +34,13 @@ def api_client_for(cluster):
 @pytest.fixture(scope="session")
 def admin(api_client_for):
     return api_client_for("admin")
+
+
+@pytest.fixture
+def namespace(admin):
+    """A namespace of this test only, deleted after it."""
+    core = client.CoreV1Api(admin)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)

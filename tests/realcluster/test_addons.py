@@ -3,27 +3,14 @@ their upstream Go modules, on the real control plane."""
 
 from __future__ import annotations
 
-import time
-import uuid
 
 import pytest
 import real_cluster
+from realcluster_support import eventually
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 
-def eventually(check, timeout: float = 90, what: str = "condition"):
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except ApiException as e:
-            last = e
-        time.sleep(0.5)
-    pytest.fail(f"{what} not reached in {timeout:.0f}s; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +21,6 @@ def addons(cluster):
     real_cluster.stop_addons()
 
 
-@pytest.fixture
-def namespace(admin):
-    core = client.CoreV1Api(admin)
-    name = f"a-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 def _res(admin, api_version, kind):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from realcluster_support import eventually
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -16,28 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 
 
-def eventually(check, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
-    """check() until it returns a truthy value; fail with its last value or error."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except ApiException as e:
-            last = e
-        time.sleep(interval)
-    pytest.fail(f"{what} not reached in {timeout:.0f}s; last: {last!r}")
 
 
-@pytest.fixture
-def namespace(admin):
-    core = client.CoreV1Api(admin)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 def test_admin_reaches_the_api_server(admin):
