@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from curation_helpers import config, run_cli
 
@@ -54,3 +56,40 @@ def test_s3_sources_zstd_jsonl_and_parquet_to_s3_output(s3_server, tokenizer_dir
         assert status["phase"] == "Succeeded" and status["output_uri"] == f"s3://out-bucket/{prefix}"
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="out-bucket", Prefix=prefix)["Contents"]]
         assert not [k for k in keys if "/_work/" in k]
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("bad", ["tok/../../escape.txt", "tok/../../../../../../escape.txt", "tok/{root}/abs.txt"])
+def test_fetching_a_prefix_refuses_a_key_that_resolves_outside_the_local_folder(s3_server, tmp_path, bad):
+    import boto3
+
+    from cpt_trainer.contract.config import S3Settings
+    from cpt_trainer.curate.errors import CurationInputError
+    from cpt_trainer.curate.storage import fetch_to_local
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    staging = tmp_path / "disk" / "staging"
+    staging.mkdir(parents=True)
+    bad = bad.format(root=tmp_path / "disk")  # tok//<root>/abs.txt: the relative part starts with "/"
+    s3.put_object(Bucket="models", Key="tok/tokenizer.json", Body=b"{}")
+    s3.put_object(Bucket="models", Key=bad, Body=b"escaped")
+    settings = S3Settings(endpoint_url=s3_server, region="us-east-1")
+    try:
+        with pytest.raises(CurationInputError) as refused:
+            fetch_to_local("s3://models/tok", settings, str(staging))
+        assert f"S3 key {bad!r} under s3://models/tok" in str(refused.value)
+        assert "refused, nothing downloaded" in str(refused.value)
+        assert _files(tmp_path) == []
+
+        s3.delete_object(Bucket="models", Key=bad)
+        local = Path(fetch_to_local("s3://models/tok", settings, str(staging)))
+        assert local.parent == staging.resolve()
+        assert _files(tmp_path) == [f"disk/staging/{local.name}/tokenizer.json"]
+    finally:
+        for key in ("tok/tokenizer.json", bad):
+            s3.delete_object(Bucket="models", Key=key)
+        s3.delete_bucket(Bucket="models")

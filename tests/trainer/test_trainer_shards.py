@@ -59,3 +59,16 @@ def test_memmap_dtype_is_little_endian_uint16(tmp_path):
     write_corpus(tmp_path, {"eval": [[258, 3]]}, vocab_size=1000, eos_id=2)
     raw = (tmp_path / "eval-00000.bin").read_bytes()
     assert np.frombuffer(raw, dtype="<u2").tolist() == [258, 3, 2]
+
+
+def test_a_manifest_naming_a_shard_outside_the_corpus_folder_is_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, {"train": [[1, 2, 3]]}, vocab_size=100, eos_id=2)
+    raw = json.loads((corpus / "manifest.json").read_text())
+    shard = corpus / raw["splits"]["train"][0]["file"]
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(shard.read_bytes())  # a file that would pass every other check
+    raw["splits"]["train"][0]["file"] = "../elsewhere.bin"
+    (corpus / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(TrainerInputError, match="'../elsewhere.bin' named in .* is outside the corpus folder"):
+        read_manifest(corpus)

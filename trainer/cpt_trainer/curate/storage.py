@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from cpt_trainer.contract.config import CorpusSourceConfig, S3Settings
 from cpt_trainer.curate.errors import CurationInputError
+from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
 
 TMP_MARK = ".tmp-"
 
@@ -158,7 +159,8 @@ def open_input(file: InputFile, settings: S3Settings) -> BinaryIO:
 
 
 def fetch_to_local(uri: str, settings: S3Settings, tmpdir: str) -> str:
-    """A local path holding the file or folder at `uri` (S3 objects are downloaded)."""
+    """A local path holding the file or folder at `uri` (S3 objects are downloaded below `tmpdir`;
+    a key that would land outside it is refused before anything is downloaded)."""
     if not is_s3(uri):
         return uri
     bucket, key = split_s3(uri)
@@ -166,24 +168,34 @@ def fetch_to_local(uri: str, settings: S3Settings, tmpdir: str) -> str:
     dest = Path(tmpdir) / uuid.uuid4().hex
     paginator = client.get_paginator("list_objects_v2")
     prefix = key.rstrip("/")
-    got = 0
+    targets: list[tuple[str, Path]] = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             k = obj["Key"]
             if k == prefix:  # one object
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                target = dest.with_name(dest.name + "-" + Path(k).name)
+                target = _local_target(Path(tmpdir), f"{dest.name}-{Path(k).name}", k, bucket, prefix)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(bucket, k, str(target))
                 return str(target)
             if not k.startswith(prefix + "/") or k.endswith("/"):
                 continue
-            target = dest / k[len(prefix) + 1 :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, k, str(target))
-            got += 1
-    if not got:
+            targets.append((k, _local_target(dest, k[len(prefix) + 1 :], k, bucket, prefix)))
+    if not targets:
         raise CurationInputError(f"nothing found at {uri}")
+    for k, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, k, str(target))
     return str(dest)
+
+
+def _local_target(folder: Path, relative: str, key: str, bucket: str, prefix: str) -> Path:
+    try:
+        return resolve_inside(folder, relative)
+    except PathOutsideFolder:
+        raise CurationInputError(
+            f"S3 key {key!r} under s3://{bucket}/{prefix} would be written outside the local folder {folder}: "
+            "refused, nothing downloaded"
+        ) from None
 
 
 class OutputStore:

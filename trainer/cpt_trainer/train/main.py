@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from cpt_trainer.contract.config import TrainerConfig, load_config
+from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
 from cpt_trainer.train import distributed
 from cpt_trainer.train.checkpointing import CheckpointManager
 from cpt_trainer.train.data_mixing import MixedSequenceStream, MixSource
@@ -82,7 +83,15 @@ def _setup_logging(cfg: TrainerConfig, env: distributed.DistEnv) -> None:
 def cache_dir(cfg: TrainerConfig) -> Path:
     """Local disk for staged models/corpora and checkpoint uploads (`CPT_CACHE_DIR` overrides)."""
     root = os.environ.get("CPT_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "cpt-cache")
-    return Path(root) / cfg.identity.namespace / cfg.identity.name
+    return _cache_subfolder(Path(root), f"{cfg.identity.namespace}/{cfg.identity.name}", "identity")
+
+
+def _cache_subfolder(folder: Path, name: str, what: str) -> Path:
+    """`folder/name` for a name from the config (identity, corpus, eval), refused when it leads outside `folder`."""
+    try:
+        return resolve_inside(folder, name)
+    except PathOutsideFolder:
+        raise TrainerInputError(f"{what} {name!r} would be a local path outside {folder}: refused") from None
 
 
 def resolve_device(requested: str, env: distributed.DistEnv) -> torch.device:
@@ -115,7 +124,7 @@ class TrainingRun:
 
 
 def _load_corpus(uri: str, name: str, cache: Path, cfg: TrainerConfig, tokenizer) -> Manifest:
-    folder = stage(uri, cache / "corpora" / name, cfg.s3, f"corpus {name}")
+    folder = stage(uri, _cache_subfolder(cache / "corpora", name, "corpus name"), cfg.s3, f"corpus {name}")
     manifest = read_manifest(folder)
     check_matches_tokenizer(manifest, len(tokenizer), tokenizer.eos_token_id, f"corpus {name} ({uri})")
     return manifest
@@ -252,7 +261,7 @@ def _extend(cfg, model, tok_dir, tokenizer, corpora, general_specs, cache, env):
     out = cache / "retokenized"
 
     def redo(name: str, manifest: Manifest) -> Manifest:
-        folder = out / name
+        folder = _cache_subfolder(out, name, "corpus name")
         if env.is_local_main:
             retokenize_corpus(manifest, base, tokenizer, folder)
         distributed.barrier()

@@ -1,7 +1,9 @@
 """Moving folders between S3 (or an S3-compatible store) and local disk.
 
 Models and corpora given as `s3://bucket/prefix` are staged to a local folder before use;
-checkpoints are written locally and uploaded (boto3's managed multipart transfer).
+checkpoints are written locally and uploaded (boto3's managed multipart transfer). A key that
+would be written outside the local folder (`..`, a leading `/`) is refused before anything of
+the prefix is downloaded.
 Credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 """
 
@@ -12,6 +14,8 @@ import os
 from pathlib import Path
 
 from cpt_trainer.contract.config import S3Settings
+from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
+from cpt_trainer.train.errors import TrainerInputError
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +74,28 @@ class S3Store:
         return any(obj["Key"] == key for obj in resp.get("Contents", []))
 
     def download_folder(self, uri: str, local: Path) -> Path:
-        """Copy every object below `uri` into `local` (skipping files already there with the same size)."""
+        """Copy every object below `uri` into `local`; `TrainerInputError` (and nothing written)
+        when a key would land outside `local`."""
         bucket, prefix = split_s3(uri)
-        local.mkdir(parents=True, exist_ok=True)
-        keys = self.list_keys(uri)
-        for rel in keys:
+        targets: list[tuple[str, Path]] = []
+        for rel in self.list_keys(uri):
             if not rel or rel.endswith("/"):
                 continue
-            dest = local / rel
             key = f"{prefix}/{rel}" if prefix else rel
+            try:
+                targets.append((key, resolve_inside(local, rel)))
+            except PathOutsideFolder:
+                raise TrainerInputError(
+                    f"S3 key {key!r} under s3://{bucket}/{prefix} would be written outside the local folder "
+                    f"{local}: refused, nothing staged"
+                ) from None
+        local.mkdir(parents=True, exist_ok=True)
+        for key, dest in targets:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".part")
             self._client.download_file(bucket, key, str(tmp), Config=self._transfer)
             os.replace(tmp, dest)
-        logger.info("staged %d objects from %s to %s", len(keys), uri, local)
+        logger.info("staged %d objects from %s to %s", len(targets), uri, local)
         return local
 
     def upload_file(self, path: Path, uri: str) -> None:
@@ -113,14 +125,18 @@ class S3Store:
 
 
 def stage(uri: str, cache_dir: Path, settings: S3Settings, what: str) -> Path:
-    """A local folder holding `uri`: the path itself, or a staged copy of an S3 prefix."""
-    from cpt_trainer.train.errors import TrainerInputError
-
+    """A local folder holding `uri`: the path itself, or a staged copy of an S3 prefix
+    (in `cache_dir/<bucket>/<prefix>`, refused if that resolves outside `cache_dir`)."""
     if not is_s3(uri):
         path = Path(uri)
         if not path.exists():
             raise TrainerInputError(f"{what} not found: {uri}")
         return path
+    bucket, prefix = split_s3(uri)
+    try:
+        local = resolve_inside(cache_dir, f"{bucket}/{prefix}")
+    except PathOutsideFolder:
+        raise TrainerInputError(f"{what} {uri}: bucket and prefix would be staged outside {cache_dir}: refused") from None
     store = S3Store(settings)
     try:
         keys = store.list_keys(uri)
@@ -128,5 +144,4 @@ def stage(uri: str, cache_dir: Path, settings: S3Settings, what: str) -> Path:
         raise TrainerInputError(f"{what} {uri} cannot be listed: {exc}") from None
     if not keys:
         raise TrainerInputError(f"{what} not found: {uri} holds no objects")
-    bucket, prefix = split_s3(uri)
-    return store.download_folder(uri, cache_dir / bucket / prefix)
+    return store.download_folder(uri, local)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
 from cpt_trainer.train.errors import TrainerInputError
 
 MANIFEST_FILE = "manifest.json"
@@ -74,7 +75,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     itemsize = _DTYPES[manifest.dtype].itemsize
     for entries in manifest.splits.values():
         for entry in entries:
-            shard = folder / entry.file
+            try:  # the manifest is the tenant's: a shard name must not reach files outside the corpus
+                shard = resolve_inside(folder, entry.file)
+            except PathOutsideFolder:
+                raise TrainerInputError(f"shard {entry.file!r} named in {path} is outside the corpus folder: refused") from None
             if not shard.is_file():
                 raise TrainerInputError(f"shard {shard} named in {path} is missing")
             if shard.stat().st_size != entry.tokens * itemsize:
