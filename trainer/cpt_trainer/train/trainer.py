@@ -10,13 +10,11 @@ the sequences an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cpt_trainer.contract.config import TrainerConfig
@@ -28,6 +26,7 @@ from cpt_trainer.train.evaluation import EvalResult, Evaluator, general_regressi
 from cpt_trainer.train.flops import mfu
 from cpt_trainer.train.lr_schedule import LRSchedule
 from cpt_trainer.train.metrics_exporter import TrainerMetrics
+from cpt_trainer.train.rng_state import restore_rng_state, save_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +210,7 @@ class Trainer:
     def _write_checkpoint(self, folder: Path) -> None:
         self.engine.save(folder, self.tokenizer)
         (folder / RNG_DIR).mkdir(exist_ok=True)
-        torch.save(_rng_state(), folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt")
+        save_rng_state(folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt")
         if self.dist.is_main:
             _write_json(folder / DATA_POSITION_FILE, self.mix.state_dict())
             _write_json(folder / SCHEDULER_FILE, self.schedule.state_dict())
@@ -265,7 +264,7 @@ class Trainer:
         self.load_state_dict(json.loads((folder / TRAINER_STATE_FILE).read_text()))
         rng_file = folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt"
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            restore_rng_state(rng_file)  # plain data only (weights_only); an unloadable file is a warning
         self.last_checkpoint = name
         self.metrics.record_checkpoint(self.step)
         self.metrics.add_tokens(self.tokens_seen)
@@ -296,18 +295,3 @@ class Trainer:
                 logger.info("stopped at step %d on request", self.step)
                 return "stopped"
         return "completed"
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
