@@ -86,7 +86,11 @@ def test_healthy_run_rotates_by_policy_and_is_not_halted(tmp_path, legal):
         write_ckpt(tmp_path, step, d, 0.01)
     store = LocalCheckpointStore(tmp_path)
     now = time.time()
-    out = control_step(inputs(spec, policy, {}, metrics(3000, 0.01, now), store, now))
+    first = control_step(inputs(spec, policy, {}, metrics(3000, 0.01, now), store, now))
+    # The first pass records; a step is deleted only once a second pass lists it again.
+    assert first.deleted == [] and len(store.list_complete()) == 6
+    assert all("unconfirmed" in r["keptFor"] for r in first.status_patch["checkpoints"])
+    out = control_step(inputs(spec, policy, copy.deepcopy(first.status_patch), metrics(3000, 0.01, now), store, now + 30))
     left = {c.step for c in store.list_complete()}
     assert left == {1500, 2000, 2500, 3000}  # best two (1500, 2000) + last two (2500, 3000)
     assert out.status_patch["bestCheckpoint"]["step"] == 1500
@@ -183,7 +187,8 @@ def test_storage_errors_keep_the_set_intact_and_are_retried(tmp_path, legal):
         write_ckpt(tmp_path, i * 500, 20.0 + i, 0.01)  # the best two are the oldest two
     store = FailingStore(tmp_path)
     now = time.time()
-    out = control_step(inputs(spec, policy, {}, metrics(3000, 0.01, now), store, now))
+    out = control_step(inputs(spec, policy, {}, metrics(3000, 0.01, now), store, now))  # records
+    out = control_step(inputs(spec, policy, out.status_patch, metrics(3000, 0.01, now), store, now))
     assert len(store.list_complete()) == 6 and out.deleted == []
     assert cond(out.status_patch, CHECKPOINTS_ROTATED)["reason"] == "StorageUnavailable"
     store.fail = False

@@ -150,6 +150,14 @@ def one_pass(legal, status: dict, store: S3CheckpointStore, step: int) -> tuple[
     return out, {**status, **copy.deepcopy(out.status_patch)}
 
 
+def first_pass(legal, store: S3CheckpointStore, step: int) -> dict:
+    """A first pass: it records what is listed and deletes nothing (a step goes only once a
+    second pass lists it again)."""
+    out, status = one_pass(legal, {}, store, step)
+    assert out.deleted == []
+    return status
+
+
 def rotated(status: dict) -> dict:
     return next(c for c in status["conditions"] if c["type"] == CHECKPOINTS_ROTATED)
 
@@ -171,9 +179,10 @@ def test_s3_delete_objects_errors_keep_every_checkpoint_until_storage_recovers(s
     put_checkpoints(s3, CHECKPOINTS)
     before = bucket_keys(s3)
     to_delete = sorted(set(CHECKPOINTS) - EXPECTED_KEEP)
+    status = first_pass(legal, store, 6000)
     proxy.arm("DeleteObjects", status=500, code="InternalError", message="We encountered an internal error. Please try again.")
 
-    out, status = one_pass(legal, {}, store, 6000)
+    out, status = one_pass(legal, status, store, 6000)
     assert bucket_keys(s3) == before  # every checkpoint, every file
     assert out.deleted == []
     assert proxy.failed["DeleteObjects"] == ATTEMPTS * len(to_delete)  # each deletion tried, each retried by boto
@@ -205,7 +214,7 @@ def test_s3_delete_objects_errors_keep_every_checkpoint_until_storage_recovers(s
 def test_s3_listing_or_reading_errors_delete_nothing_and_keep_the_records(s3, proxy, store, legal, kind, http_status, code):
     first, later = [s for s in CHECKPOINTS if s <= 4000], [s for s in CHECKPOINTS if s > 4000]
     put_checkpoints(s3, first)
-    _, status = one_pass(legal, {}, store, 4000)  # a healthy pass records the first eight and rotates them
+    _, status = one_pass(legal, first_pass(legal, store, 4000), store, 4000)  # healthy passes record the first eight and rotate them
     assert rotated(status)["status"] == "True"
     assert complete_steps(s3) == reference_keep(*legal, first)
     recorded = copy.deepcopy(status["checkpoints"])
@@ -225,7 +234,8 @@ def test_s3_listing_or_reading_errors_delete_nothing_and_keep_the_records(s3, pr
     assert status["bestCheckpoint"]["step"] == 3500  # from the healthy pass, not dropped
 
     proxy.disarm()
-    out, status = one_pass(legal, status, store, 6000)
+    _, status = one_pass(legal, status, store, 6000)  # records the later ones (and rotates the first eight)
+    out, status = one_pass(legal, status, store, 6000)  # ... and rotates them too
     assert complete_steps(s3) == reference_keep(*legal, CHECKPOINTS) == EXPECTED_KEEP
     assert set(folders(s3)) == EXPECTED_KEEP
     assert sorted(records(status)) == sorted(CHECKPOINTS)
@@ -246,7 +256,7 @@ def test_s3_error_midway_through_deletions_loses_nothing_kept_and_is_finished_la
     proxy.arm("DeleteObjects", status=503, code="ServiceUnavailable", message="Service is unable to handle request.",
               after=failing_call - 1, times=ATTEMPTS)  # fmt: skip
 
-    out, status = one_pass(legal, {}, store, 6000)
+    out, status = one_pass(legal, first_pass(legal, store, 6000), store, 6000)
     assert proxy.failed["DeleteObjects"] == ATTEMPTS
     cond = rotated(status)
     assert (cond["status"], cond["reason"]) == ("False", "StorageUnavailable")
@@ -273,8 +283,9 @@ def test_s3_error_midway_through_deletions_loses_nothing_kept_and_is_finished_la
 
 def test_single_s3_slowdown_is_absorbed_by_the_boto_retry(s3, proxy, store, legal):
     put_checkpoints(s3, CHECKPOINTS)
+    status = first_pass(legal, store, 6000)
     proxy.arm("DeleteObjects", status=503, code="SlowDown", times=1)
-    out, status = one_pass(legal, {}, store, 6000)
+    out, status = one_pass(legal, status, store, 6000)
     assert proxy.failed["DeleteObjects"] == 1
     assert proxy.forwarded["DeleteObjects"] == 2 * len(set(CHECKPOINTS) - EXPECTED_KEEP)
     assert complete_steps(s3) == set(folders(s3)) == EXPECTED_KEEP

@@ -92,9 +92,14 @@ def control(volume: Volume, legal, status: dict):
 def test_the_trainer_listing_drives_the_retain_list_and_the_trainer_applies_it(volume, legal):
     for step in STEPS:
         volume.save(step)
-    out, status = control(volume, legal, {"phase": "Running"})
+    first, status = control(volume, legal, {"phase": "Running"})
+    # Seen once: recorded, nothing released yet (a step goes only once two passes list it).
+    assert first.deleted == [] and first.retain == {"keep": [step_dir_name(s) for s in STEPS], "decidedThroughStep": -1, "delete": []}
+    out, status = control(volume, legal, status)
     expected = {5500, 6000, 1500, 2500, 5000}  # last 2, best 2 by domain perplexity, milestone 5000
-    assert out.retain == {"keep": [step_dir_name(s) for s in sorted(expected)], "decidedThroughStep": 6000}
+    released = sorted(set(STEPS) - expected)
+    assert out.retain == {"keep": [step_dir_name(s) for s in sorted(expected)], "decidedThroughStep": max(released),
+                          "delete": [step_dir_name(s) for s in released]}  # fmt: skip
     assert {r["step"] for r in status["checkpoints"] if not r["deleted"]} == expected
     assert status["bestCheckpoint"]["step"] == 1500
     assert next(c for c in status["conditions"] if c["type"] == CHECKPOINTS_ROTATED)["status"] == "True"
@@ -110,21 +115,26 @@ def test_the_trainer_listing_drives_the_retain_list_and_the_trainer_applies_it(v
     assert volume.on_disk() == expected
     assert len(deleted) == len(STEPS) - len(expected)
     after, status = control(volume, legal, status)
-    assert after.deleted == [] and after.retain == out.retain
+    # Carried out: nothing is listed that is still to go, so nothing is released.
+    assert after.deleted == [] and after.retain == {"keep": out.retain["keep"], "decidedThroughStep": -1, "delete": []}
     assert len(status["checkpoints"]) == len(STEPS)  # the deleted ones stay on record, marked deleted
 
 
 def test_a_checkpoint_saved_after_the_decision_survives_a_stale_retain_list(volume, legal):
     for step in STEPS:
         volume.save(step)
-    out, _ = control(volume, legal, {"phase": "Running"})
+    _, status = control(volume, legal, {"phase": "Running"})
+    out, _ = control(volume, legal, status)
     volume.save(6500)  # saved before the ConfigMap update reached the pod
     volume.save(7000)
     volume.deliver(out.retain)
-    # The list decided nothing past step 6000: 6500 and 7000 stay, whatever it names.
+    # The list decided nothing past step 4500 (the newest it released): 6500 and 7000 stay, whatever it names.
+    assert out.retain["decidedThroughStep"] == 4500
     assert volume.on_disk() == {1500, 2500, 5000, 5500, 6000, 6500, 7000}
-    nxt, _ = control(volume, legal, {"phase": "Running"})  # a restarted operator: no status at all
-    assert nxt.retain["decidedThroughStep"] == 7000
+    nxt, status = control(volume, legal, {"phase": "Running"})  # a restarted operator: no status at all
+    assert nxt.retain["decidedThroughStep"] == -1 and nxt.deleted == []  # it has seen nothing twice yet
+    nxt, _ = control(volume, legal, status)
+    assert nxt.retain["decidedThroughStep"] == 6000 and nxt.retain["delete"] == ["step-00005500", "step-00006000"]
     volume.deliver(nxt.retain)
     assert volume.on_disk() == {1500, 2500, 5000, 6500, 7000}
 

@@ -172,7 +172,7 @@ async def test_operator_killed_between_evaluations_records_each_once_and_loses_n
         assert all(r["uri"].endswith(f"step-{r['step']:08d}") for r in records), records
         cm = await wait_object(client, kube.CONFIGMAPS, NS, retain_configmap_name(RUN))
         retain = json.loads(cm["data"]["retain.json"])
-        assert retain == {"keep": ["step-00001000", "step-00001500"], "decidedThroughStep": 1500}, retain
+        assert retain == {"keep": ["step-00001000", "step-00001500"], "decidedThroughStep": 500, "delete": ["step-00000500"]}, retain
 
         # 4c. Three evaluations over the threshold (one of them only in the history): halted
         # once, with one Warning Event.

@@ -46,6 +46,21 @@ class MetricsUnavailable(Exception):
     """Prometheus (or the trainer endpoint) could not be read."""
 
 
+MAX_WARNINGS = 5
+"""Most of an answer's warnings kept (each cut to MAX_WARNING_CHARS) to report in a condition."""
+MAX_WARNING_CHARS = 300
+
+
+def answer_warnings(payload: dict[str, Any]) -> list[str]:
+    """The `warnings` of a Prometheus API answer: set when the answer is partial (a remote
+    read or a store that did not answer, a query limit hit), so its absence of a series does
+    not mean the series is absent."""
+    raw = payload.get("warnings") or []
+    if not isinstance(raw, list):
+        raw = [raw]
+    return [str(w)[:MAX_WARNING_CHARS] for w in raw[:MAX_WARNINGS]]
+
+
 def escape_label_value(value: str) -> str:
     """A PromQL double-quoted string literal's body for `value`."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -89,7 +104,11 @@ class RunMetrics:
     values: dict[str, float] = field(default_factory=dict)
     general_scores: dict[str, float] = field(default_factory=dict)
     baseline_general_scores: dict[str, float] = field(default_factory=dict)
+    # The newest sample's own timestamp (Prometheus: when it was scraped; a direct scrape: now),
+    # never the query's evaluation time, so metricsStaleSeconds measures the data's age.
     newest_timestamp: float | None = None
+    # Prometheus' warnings on any of the pass's queries: the answer may be partial.
+    warnings: list[str] = field(default_factory=list)
     # Evaluations seen over a recent window (range query), so an evaluation between two
     # control passes is not lost: [{"step", "domainPerplexity", "generalRegression"}].
     recent_evaluations: list[dict[str, float | int | None]] = field(default_factory=list)
@@ -155,7 +174,8 @@ class PrometheusClient:
         self.timeout = timeout
         self.last_latency: float | None = None
 
-    def _get(self, path: str, params: dict[str, Any]) -> Any:
+    def _get(self, path: str, params: dict[str, Any]) -> tuple[Any, list[str]]:
+        """The answer's `data` and its warnings (a partial answer)."""
         started = time.perf_counter()
         try:
             resp = self.session.get(self.url + path, params=params, timeout=self.timeout, verify=self.verify)
@@ -164,22 +184,36 @@ class PrometheusClient:
             raise MetricsUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from None
         finally:
             self.last_latency = time.perf_counter() - started
-        if resp.status_code != 200 or payload.get("status") != "success":
-            raise MetricsUnavailable(f"Prometheus query failed ({resp.status_code}): {payload.get('error', payload)}")
-        return payload["data"]
+        if resp.status_code != 200 or not isinstance(payload, dict) or payload.get("status") != "success":
+            error = payload.get("error", payload) if isinstance(payload, dict) else payload
+            raise MetricsUnavailable(f"Prometheus query failed ({resp.status_code}): {error}")
+        return payload["data"], answer_warnings(payload)
 
-    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+    def instant(self, promql: str, at: float | None = None) -> tuple[list[Sample], list[str]]:
+        """An instant query's samples and the answer's warnings. A sample's `timestamp` is None:
+        an instant query answers with the evaluation time, not the sample's own."""
         params: dict[str, Any] = {"query": promql}
         if at is not None:
             params["time"] = at
-        data = self._get("/api/v1/query", params)
-        return [
-            Sample(r["metric"].get("__name__", ""), r["metric"], float(r["value"][1]), float(r["value"][0]))
-            for r in data.get("result", [])
-        ]
+        data, warnings = self._get("/api/v1/query", params)
+        samples = [Sample(r["metric"].get("__name__", ""), r["metric"], float(r["value"][1])) for r in data.get("result", [])]
+        return samples, warnings
+
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+        return self.instant(promql, at)[0]
+
+    def newest_sample_time(self, namespace: str, run: str, uid: str, at: float | None = None) -> tuple[float | None, list[str]]:
+        """When Prometheus last scraped the run's `cpt_step` (the newest of its series' own
+        sample timestamps, `timestamp()` of a plain selector); None when there is none.
+
+        One metric name on purpose: `timestamp()` drops `__name__`, and two series of one
+        target that differ only by name would make the answer an error."""
+        samples, warnings = self.instant(f"timestamp({names.STEP.name}{identity_matcher(namespace, run, uid)})", at)
+        values = [s.value for s in samples if math.isfinite(s.value)]
+        return (max(values) if values else None), warnings
 
     def query_range(self, promql: str, start: float, end: float, step: float) -> dict[tuple[str, tuple], list[tuple[float, float]]]:
-        data = self._get("/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step})
+        data, _warnings = self._get("/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step})
         out: dict[tuple[str, tuple], list[tuple[float, float]]] = {}
         for r in data.get("result", []):
             key = (r["metric"].get("__name__", ""), tuple(sorted(r["metric"].items())))
@@ -190,21 +224,32 @@ class PrometheusClient:
         """Every raw sample of the selector `promql` in (start, end]: an instant query of a range
         vector, in query_range's shape. Unlike a range query, whose points are the latest sample
         at each step, no value is skipped however briefly it lasted."""
+        return self._raw_samples(promql, start, end)[0]
+
+    def _raw_samples(self, promql: str, start: float, end: float) -> tuple[dict[tuple[str, tuple], list[tuple[float, float]]], list[str]]:
         seconds = max(1, math.ceil(end - start))
-        data = self._get("/api/v1/query", {"query": f"{promql}[{seconds}s]", "time": end})
+        data, warnings = self._get("/api/v1/query", {"query": f"{promql}[{seconds}s]", "time": end})
         out: dict[tuple[str, tuple], list[tuple[float, float]]] = {}
         for r in data.get("result", []):
             key = (r["metric"].get("__name__", ""), tuple(sorted(r["metric"].items())))
             out[key] = [(float(t), float(v)) for t, v in r.get("values", [])]
-        return out
+        return out, warnings
 
     def run_metrics(self, namespace: str, run: str, uid: str, window_seconds: float = 0.0, step_seconds: float = 5.0) -> RunMetrics:
-        """The run's latest metrics (one instant query) and, with a window, its evaluations in
-        that window (one query of their raw samples); `uid` is the CPTRun's metadata.uid."""
-        out = run_metrics_from_samples(self.query(run_selector(namespace, run, uid)))
+        """The run's latest metrics (one instant query), when they were scraped (a second one,
+        `newest_sample_time`) and, with a window, its evaluations in that window (one query of
+        their raw samples); `uid` is the CPTRun's metadata.uid. Every answer's warnings are
+        collected in `RunMetrics.warnings`."""
+        at = time.time()
+        samples, warnings = self.instant(run_selector(namespace, run, uid), at)
+        out = run_metrics_from_samples(samples)
+        if out.values:
+            out.newest_timestamp, more = self.newest_sample_time(namespace, run, uid, at)
+            warnings += more
         if window_seconds > 0 and out.values:
-            end = time.time()
-            out.recent_evaluations = self.evaluations_between(namespace, run, uid, end - window_seconds, end, step_seconds)
+            out.recent_evaluations, more = self._evaluations_between(namespace, run, uid, at - window_seconds, at)
+            warnings += more
+        out.warnings = warnings[:MAX_WARNINGS]
         return out
 
     def evaluations_between(
@@ -216,9 +261,14 @@ class PrometheusClient:
         callers, unused): a range query's points are the latest sample every `step` seconds, so
         an evaluation replaced within one step (a fast eval cadence, a coarse recovery step)
         was never seen and its regression never counted towards patience."""
+        return self._evaluations_between(namespace, run, uid, start, end)[0]
+
+    def _evaluations_between(
+        self, namespace: str, run: str, uid: str, start: float, end: float
+    ) -> tuple[list[dict[str, float | int | None]], list[str]]:
         wanted = (names.EVAL_STEP.name, names.GENERAL_REGRESSION.name, names.DOMAIN_PERPLEXITY.name)
         selector = identity_matcher(namespace, run, uid)[:-1] + f',__name__=~"{"|".join(wanted)}"}}'
-        series = self.query_samples(selector, start, end)
+        series, warnings = self._raw_samples(selector, start, end)
         by_time: dict[float, dict[str, float]] = {}
         for (name, _labels), points in series.items():
             for ts, value in points:
@@ -234,7 +284,7 @@ class PrometheusClient:
                 "domainPerplexity": row.get(names.DOMAIN_PERPLEXITY.name),
                 "generalRegression": row.get(names.GENERAL_REGRESSION.name),
             })  # fmt: skip
-        return [evals[k] for k in sorted(evals)]
+        return [evals[k] for k in sorted(evals)], warnings
 
 
 def scrape_run_metrics(url: str, namespace: str, run: str, timeout: float = 5.0) -> RunMetrics:
@@ -246,9 +296,10 @@ def scrape_run_metrics(url: str, namespace: str, run: str, timeout: float = 5.0)
         text = requests.get(url, timeout=timeout).text
     except requests.RequestException as exc:
         raise MetricsUnavailable(f"trainer metrics at {url} did not answer: {exc}") from None
+    scraped_at = time.time()  # the exposition format carries no timestamps: the scrape's time is theirs
     samples = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.labels.get("namespace") == namespace and s.labels.get("run") == run and s.name.startswith("cpt_"):
-                samples.append(Sample(s.name, dict(s.labels), float(s.value), time.time()))
+                samples.append(Sample(s.name, dict(s.labels), float(s.value), scraped_at))
     return run_metrics_from_samples(samples)

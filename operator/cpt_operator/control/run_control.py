@@ -5,13 +5,17 @@ the run's checkpoints (their own metrics.json), and decides:
 
 - `status.progress` and `status.metrics`;
 - `status.evaluations` and `status.checkpoints` (keyed by step: nothing recorded twice,
-  nothing lost across operator restarts, since checkpoints are re-read from storage);
+  nothing lost across operator restarts, since checkpoints are re-read from storage; bounded
+  by `checkpoint_records.bound_records`);
 - checkpoint rotation by the CheckpointPolicy (deletes go through the store, which
-  refuses anything outside the run's prefix);
+  refuses anything outside the run's prefix), of steps confirmed on two passes only
+  (`checkpoint_records.confirmed_steps`);
 - the forgetting monitor (Halt: suspend + phase Halted; Warn: condition + Event).
 
 Nothing is deleted and nothing halts while metrics are unavailable or stale, or while the
-store cannot be listed. The caller applies `status_patch`, suspends the job when
+store cannot be listed; nothing is deleted on a partial Prometheus answer (warnings) or while
+the run's retain ConfigMap belongs to someone else. The caller applies `status_patch` (only
+what differs from the status it read: `status_patch.changed_fields`), suspends the job when
 `halt` is set, and posts `events`.
 """
 
@@ -25,6 +29,13 @@ from typing import Any
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.conditions import now_rfc3339, set_condition, truncate_message
+from cpt_operator.control.checkpoint_records import (
+    DELETING,
+    bound_records,
+    confirmed_steps,
+    record_listed,
+    with_marker,
+)
 from cpt_operator.control.prometheus import RunMetrics
 from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError, VolumeCheckpointStore, retain_list
 from cpt_operator.decide.forgetting import EvalPoint, decide_forgetting
@@ -63,8 +74,15 @@ its totalSteps, or beyond the step it reports): those steps are ignored (never r
 kept, never a reason to delete)."""
 IMPLAUSIBLE_STEPS = "ImplausibleCheckpointSteps"
 LISTING_PLAUSIBLE = "ListingPlausible"
+PARTIAL_METRICS = "PartialMetrics"
+"""CheckpointsRotated=False: Prometheus answered with warnings (a partial answer); nothing deleted."""
+RETAIN_LIST_NOT_OWNED = "RetainListNotOwned"
+"""CheckpointsRotated=False: the run's retain ConfigMap exists and is not the operator's; nothing deleted."""
 
 MAX_EVALUATIONS = 200
+METRICS_REFRESH_SECONDS = 300.0
+"""status.metrics.updatedAt moves when a value changes, else at most this often: a pass that
+read nothing new writes nothing, and the evaluation window (`last_pass_time`) stays short."""
 
 
 @dataclass
@@ -85,6 +103,9 @@ class ControlInputs:
     resume_after_step: int | None = None
     # What `plausible_listing` ignored of the trainer's checkpoint listing (a message), if anything.
     implausible_checkpoints: str | None = None
+    # Why the run's retain ConfigMap cannot carry this pass's decision (it is not the
+    # operator's, `retain_owner`): no deletion is decided while set.
+    retain_list_problem: str | None = None
 
 
 @dataclass
@@ -169,7 +190,7 @@ def _progress(spec: CPTRunSpec, m: RunMetrics) -> dict[str, Any]:
     return out
 
 
-def _metrics_status(m: RunMetrics, now: float) -> dict[str, Any]:
+def _metrics_status(m: RunMetrics, now: float, previous: dict[str, Any] | None) -> dict[str, Any]:
     pairs = {
         "trainLoss": names.TRAIN_LOSS,
         "learningRate": names.LEARNING_RATE,
@@ -186,7 +207,19 @@ def _metrics_status(m: RunMetrics, now: float) -> dict[str, Any]:
     if (step := m.get(names.EVAL_STEP)) is not None:
         out["evalStep"] = int(step)
     out["updatedAt"] = _iso(now)
+    previous = previous or {}
+    same = {k: v for k, v in previous.items() if k != "updatedAt"} == {k: v for k, v in out.items() if k != "updatedAt"}
+    last = _parse_iso(previous.get("updatedAt"))
+    if same and last is not None and 0 <= now - last < METRICS_REFRESH_SECONDS:
+        out["updatedAt"] = previous["updatedAt"]
     return out
+
+
+def _parse_iso(text: Any) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def _merge_evaluations(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,27 +229,16 @@ def _merge_evaluations(existing: list[dict[str, Any]], new: list[dict[str, Any]]
     return [by_step[s] for s in sorted(by_step)][-MAX_EVALUATIONS:]
 
 
-def _checkpoint_records(inputs: ControlInputs, existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
-    """Existing records plus every complete checkpoint not yet recorded (read from its metrics.json)."""
-    assert inputs.store is not None
-    records = {int(r["step"]): dict(r) for r in existing}
-    baseline_domain: float | None = None
-    for entry in inputs.store.list_complete():
-        metrics = inputs.store.read_metrics(entry.step) or {}
-        baseline_domain = metrics.get("baseline_domain_perplexity", baseline_domain)
-        if entry.step in records and (not records[entry.step].get("deleted") or inputs.store.deletes_later):
-            continue  # recorded already; or its deletion is decided and the trainer has yet to carry it out
-        scores = metrics.get("general_scores") or {}
-        records[entry.step] = {
-            "step": entry.step,
-            "uri": entry.uri,
-            **({"domainPerplexity": metrics["domain_perplexity"]} if metrics.get("domain_perplexity") is not None else {}),
-            **({"generalScore": max(scores.values())} if scores else {}),
-            **({"generalRegression": metrics["general_regression"]} if metrics.get("general_regression") is not None else {}),
-            "keptFor": [],
-            "deleted": False,
-        }
-    return [records[s] for s in sorted(records)], baseline_domain
+def _deletion_hold(inputs: ControlInputs, m: RunMetrics) -> tuple[str, str] | None:
+    """(reason, message) when this pass may decide no deletion although the store answered."""
+    if inputs.retain_list_problem:
+        return RETAIN_LIST_NOT_OWNED, f"{inputs.retain_list_problem}; no checkpoint is deleted meanwhile"
+    if m.warnings:
+        return PARTIAL_METRICS, (
+            "Prometheus answered with warnings, so its answer may be partial: " + "; ".join(m.warnings)
+            + "; no checkpoint is deleted on this pass"
+        )  # fmt: skip
+    return None
 
 
 def control_step(inputs: ControlInputs) -> ControlOutcome:
@@ -237,7 +259,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         out.status_patch = {"conditions": conditions}
         return out
     conditions = set_condition(conditions, METRICS_AVAILABLE, True, METRICS_FRESH, "metrics are fresh", gen, now_text)
-    patch: dict[str, Any] = {"progress": _progress(inputs.spec, m), "metrics": _metrics_status(m, inputs.now)}
+    patch: dict[str, Any] = {"progress": _progress(inputs.spec, m), "metrics": _metrics_status(m, inputs.now, status.get("metrics"))}
 
     evaluations = _merge_evaluations(list(status.get("evaluations") or []), list(m.recent_evaluations))
     eval_step = m.get(names.EVAL_STEP)
@@ -256,12 +278,14 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
 
     # never edit the caller's status; a record beyond totalSteps (written before listings were
     # checked) names a checkpoint the run cannot have: it is dropped, never kept or deleted.
-    records = [dict(r) for r in status.get("checkpoints") or [] if int(r["step"]) <= total_steps(inputs.spec)]
+    previous = [dict(r) for r in status.get("checkpoints") or [] if int(r["step"]) <= total_steps(inputs.spec)]
+    records = previous
+    listed: set[int] = set()
     baseline_domain = None
     store_ok = inputs.store is not None
     if inputs.store is not None:
         try:
-            records, baseline_domain = _checkpoint_records(inputs, records)
+            records, listed, baseline_domain = record_listed(inputs.store, previous)
         except StorageError as exc:
             store_ok = False
             conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, STORAGE_UNAVAILABLE, f"{exc}; retrying", gen, now_text)
@@ -281,19 +305,30 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         for r in live
     ]
     decision = select_checkpoints_to_keep(ckpts, policy, threshold, baseline_domain)
+    confirmed = confirmed_steps(previous, listed)
     # Without a readable store the records are last pass's, without the baseline that scores
     # them: they stay exactly as recorded (keptFor, scores, bestCheckpoint) until it answers.
+    by_step = {c.step: c for c in ckpts}
+    live_by_step = {int(r["step"]): r for r in live}
     for r in records if store_ok else []:
         if not r.get("deleted"):
-            ck = next(c for c in ckpts if c.step == int(r["step"]))
-            r["keptFor"] = list(decision.keep.get(int(r["step"]), []))
+            ck = by_step[int(r["step"])]
+            r["keptFor"] = with_marker(list(decision.keep.get(int(r["step"]), [])), int(r["step"]), listed, confirmed)
             score = composite_score(ck, baseline_domain, policy)
             if score is not None:
                 r["compositeScore"] = round(score, 6)
-    if store_ok and inputs.store is not None:
+    hold = _deletion_hold(inputs, m)
+    if store_ok and inputs.store is not None and hold is not None:
+        reason, message = hold
+        if not any(c["type"] == CHECKPOINTS_ROTATED and c["reason"] == reason for c in conditions):
+            out.events.append(("Warning", reason, truncate_message(message)))
+        conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, reason, message, gen, now_text)
+    elif store_ok and inputs.store is not None:
         failures = []
         for step in decision.delete:
-            record = next(r for r in records if int(r["step"]) == step)
+            if step not in confirmed:
+                continue  # new, or missed by a listing since: deleted once two passes in a row list it
+            record = live_by_step[step]
             try:
                 inputs.store.delete(record["uri"])
             except DeletionRefused as exc:
@@ -302,6 +337,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
                 continue
             except StorageError as exc:
                 failures.append(str(exc))
+                record["keptFor"] = [DELETING]  # maybe half-deleted (no COMPLETE marker): retried unlisted
                 continue
             record["deleted"] = True
             record["keptFor"] = []
@@ -309,12 +345,27 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         if failures:
             conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, STORAGE_UNAVAILABLE, "; ".join(failures)[:2000], gen, now_text)
         else:
-            kept = len(decision.keep)
-            conditions = set_condition(conditions, CHECKPOINTS_ROTATED, True, ROTATED, f"{kept} checkpoint(s) kept by policy", gen, now_text)
+            waiting = len([s for s in decision.delete if s not in confirmed])
+            message = f"{len(decision.keep)} checkpoint(s) kept by policy"
+            if waiting:
+                message += f"; {waiting} to delete once two consecutive passes list them"
+            conditions = set_condition(conditions, CHECKPOINTS_ROTATED, True, ROTATED, message, gen, now_text)
+        if inputs.store.deletes_later:
+            out.retain = retain_list(
+                [int(r["step"]) for r in records if not r.get("deleted")],
+                [int(r["step"]) for r in records if r.get("deleted") and int(r["step"]) in listed],
+                sorted(listed),
+            )
+    if store_ok:  # else the records stay as the last pass that read the store bounded them
+        records, left_out = bound_records(records, listed, decision.best)
+        if left_out:
+            note = f"{left_out} kept checkpoint(s) not listed in status.checkpoints (more than it holds); they stay kept"
+            logger.warning("CPTRun %s/%s: %s", inputs.namespace, inputs.name, note)
+            rotated = next((c for c in conditions if c["type"] == CHECKPOINTS_ROTATED), None)
+            if rotated is not None:
+                conditions = set_condition(conditions, CHECKPOINTS_ROTATED, rotated["status"] == "True", rotated["reason"],
+                                           f"{rotated['message']}; {note}", gen, now_text)  # fmt: skip
     patch["checkpoints"] = records
-    if store_ok and inputs.store is not None and inputs.store.deletes_later:
-        listed = [c.step for c in inputs.store.list_complete()]
-        out.retain = retain_list([int(r["step"]) for r in records if not r.get("deleted")], listed)
     best_step = decision.best if store_ok else (status.get("bestCheckpoint") or {}).get("step")
     if decision.best is not None and store_ok:
         best = next(r for r in records if int(r["step"]) == decision.best)

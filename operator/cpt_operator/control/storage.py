@@ -308,10 +308,20 @@ class VolumeCheckpointStore:
         raise StorageError("a volume's checkpoints are deleted by a pod that mounts it, not by the operator")
 
 
-def retain_list(kept_steps: list[int], listed_steps: list[int]) -> dict[str, Any] | None:
-    """The trainer's retain file: keep these, delete the rest up to the newest step decided on.
+def retain_list(keep_steps: list[int], release_steps: list[int], listed_steps: list[int]) -> dict[str, Any] | None:
+    """The trainer's retain file: `{"keep": [...], "decidedThroughStep": N, "delete": [...]}`.
 
-    None when the trainer listed nothing (just started, or gone): no decision to deliver."""
+    The trainer deletes the step folders at or before N that `keep` does not name. N is the
+    newest step released (recorded, confirmed on two passes, decided deleted; -1 when none), not
+    the newest listed: a step the listing missed (a partial answer) lies below N only if it is
+    older than a released one. `delete` names exactly the released steps, for a trainer that
+    deletes only what is named. None when the trainer listed nothing (just started, or gone):
+    no decision to deliver."""
     if not listed_steps:
         return None
-    return {"keep": [step_dir_name(s) for s in sorted(set(kept_steps))], "decidedThroughStep": max(listed_steps)}
+    release = sorted(set(release_steps) - set(keep_steps))
+    return {
+        "keep": [step_dir_name(s) for s in sorted(set(keep_steps))],
+        "decidedThroughStep": max(release) if release else -1,
+        "delete": [step_dir_name(s) for s in release],
+    }

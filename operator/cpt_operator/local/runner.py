@@ -241,6 +241,7 @@ class LocalRunner:
         url = f"http://127.0.0.1:{port}/metrics"
         bar = self._bar(config.batch.total_steps, run.name)
         last: RunMetrics | None = None
+        passes_after_exit = 0
         try:
             while True:
                 finished = job.returncode is not None
@@ -281,7 +282,10 @@ class LocalRunner:
                 state["baseline"] = self._baseline(store) or state.get("baseline")
                 self._save(state_path, state)
                 if finished:
-                    break
+                    passes_after_exit += 1
+                    if passes_after_exit == 2:  # a checkpoint is deleted once two passes list it
+                        break
+                    continue
                 time.sleep(self.poll_seconds)
         except KeyboardInterrupt:
             _say("stopping: the trainer writes a checkpoint; run the same command again to resume")
