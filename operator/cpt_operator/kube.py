@@ -12,6 +12,7 @@ import asyncio
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,11 @@ from urllib.parse import quote
 import aiohttp
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+LIST_PAGE_SIZE = 500
+"""Objects per page of a paginated LIST (`limit`): the API server answers in chunks."""
+MAX_LIST_PAGES = 1000
+"""Most pages one paginated LIST reads; a server that keeps answering `continue` fails it."""
 
 
 class KubeError(Exception):
@@ -187,6 +193,28 @@ class KubeClient:
             items = [i for i in items if all(((i.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in label_selector.items())]
         return items
 
+    async def list_paginated(self, res: Resource, namespace: str, label_selector: dict[str, str] | None = None,
+                             limit: int = LIST_PAGE_SIZE, max_pages: int = MAX_LIST_PAGES) -> list[dict[str, Any]]:  # fmt: skip
+        """`list`, read in pages of `limit` objects (`limit` + `continue`), so the API server never
+        builds one answer of every object; raises KubeError on an expired token (410) or a server
+        that repeats one, or after `max_pages` pages."""
+        selector = ",".join(f"{k}={v}" for k, v in label_selector.items()) if label_selector else None
+
+        async def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            params = {"limit": str(limit)}
+            if selector:
+                params["labelSelector"] = selector
+            if token:
+                params["continue"] = token
+            status, data = await self._request("GET", res.path(namespace), "list", params=params)
+            self._check(status, data)
+            return (data or {}).get("items") or [], ((data or {}).get("metadata") or {}).get("continue") or None
+
+        items = await paginate(page, max_pages)
+        if label_selector:
+            items = [i for i in items if all(((i.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in label_selector.items())]
+        return items
+
     async def create(self, res: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create; raises Conflict when it exists."""
         status, data = await self._request("POST", res.path(namespace), "create", body=body)
@@ -221,3 +249,22 @@ class KubeClient:
             return False
         self._check(status, data)
         return True
+
+
+async def paginate(
+    page: Callable[[str | None], Awaitable[tuple[list[dict[str, Any]], str | None]]], max_pages: int = MAX_LIST_PAGES
+) -> list[dict[str, Any]]:
+    """Every item of a paginated LIST: `page(token)` answers one page and the next `continue`
+    token (None on the last page), as the API server does."""
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    seen: set[str] = set()
+    for _ in range(max_pages):
+        batch, token = await page(token)
+        items += batch
+        if not token:
+            return items
+        if token in seen:
+            raise KubeError(500, f"the API server repeated its continue token after {len(items)} objects")
+        seen.add(token)
+    raise KubeError(500, f"the LIST passed {max_pages} pages ({len(items)} objects) without an end")

@@ -58,6 +58,8 @@ class FakeKube:
     async def list(self, res: kube.Resource, ns: str = "", selector: Any = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(v) for (plural, n, _), v in self.objects.items() if plural == res.plural and (not ns or n == ns)]
 
+    list_paginated = list
+
     async def patch_status(self, res: kube.Resource, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.status_patches[(ns, name)] = patch["status"]
         return {}

@@ -116,3 +116,41 @@ async def test_pvc_checkpoints_are_rotated_through_the_retain_configmap(cluster:
     finally:
         await op.stop()
         trainers.close()
+
+
+async def test_a_retain_configmap_the_tenant_created_is_never_adopted(cluster: Any, client: kube.KubeClient, prometheus_factory: Any) -> None:
+    """A tenant creates `<run>-retain` before the run: the trainer would read that list, so the
+    operator leaves it as it is, says so (condition and one Warning Event) and releases nothing."""
+    _, url = cluster
+    prom = prometheus_factory()
+    trainers = TrainerExporter(prom)
+    op = await start_operator(url, prom.url)
+    ns = "tenant-squat"
+    name = retain_configmap_name(RUN)
+    tenant_list = json.dumps({"keep": [], "decidedThroughStep": 10**9}) + "\n"
+    try:
+        await client.create(kube.CONFIGMAPS, ns, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                  "metadata": {"name": name, "namespace": ns}, "data": {"retain.json": tenant_list}})  # fmt: skip
+        await start_run(client, ns, trainers)
+        for step in range(500, 3001, 500):
+            trainers.list_checkpoint(ns, step, 25.0, 0.01)
+        trainers.evaluate(ns, 3000, 0.01)
+
+        async def refused() -> Any:
+            st = await status_of(client, kube.CPTRUNS, ns, RUN)
+            c = condition(st, "CheckpointsRotated")
+            return st if c and c["reason"] == "RetainListNotOwned" else None
+
+        st = await eventually(refused, timeout=30, what="CheckpointsRotated=False RetainListNotOwned")
+        c = condition(st, "CheckpointsRotated")
+        assert c["status"] == "False" and f"ConfigMap {name} exists and is not owned by this run" in c["message"]
+        await asyncio.sleep(2.0)  # several more passes
+        st = await status_of(client, kube.CPTRUNS, ns, RUN)
+        assert not any(r["deleted"] for r in st.get("checkpoints") or [])
+        cm = await client.get(kube.CONFIGMAPS, ns, name)
+        assert cm["data"]["retain.json"] == tenant_list and not cm["metadata"].get("ownerReferences")
+        events = [e for e in await client.list(kube.Resource("", "v1", "events"), ns) if e.get("reason") == "RetainListNotOwned"]
+        assert len(events) == 1 and events[0]["type"] == "Warning" and "delete it" in events[0]["message"]
+    finally:
+        await op.stop()
+        trainers.close()

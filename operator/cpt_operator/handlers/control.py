@@ -4,7 +4,8 @@
 It runs as one background task of the operator rather than a Kopf timer per run: Kopf
 timers put a finalizer on every object, which would block namespace deletion whenever the
 operator is gone (see docs/operator.md). Reads are plain GET/LIST (least privilege: the
-RBAC list already grants them); writes are merge patches of the fields this loop owns.
+RBAC list already grants them; the runs are listed in pages); writes are merge patches of
+the fields this loop owns that changed since the pass read them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from cpt_operator.control.prometheus import (
     evaluation_window,
     scrape_run_metrics,
 )
-from cpt_operator.control.run_control import RESUME_ANNOTATION, ControlInputs, control_step, volume_store
+from cpt_operator.control.retain_owner import controlled_by, foreign_retain_configmap
+from cpt_operator.control.run_control import RESUME_ANNOTATION, RETAIN_LIST_NOT_OWNED, ControlInputs, control_step, volume_store
+from cpt_operator.control.status_patch import changed_fields
 from cpt_operator.api.common import API_VERSION
 from cpt_operator.control.storage import CheckpointStore
 from cpt_operator.handlers.job_control import control_job
@@ -95,24 +98,41 @@ def last_pass_time(status: dict[str, Any]) -> float | None:
         return None
 
 
-async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: dict[str, Any]) -> None:
+async def read_retain_problem(ctx: OperatorContext, namespace: str, name: str, uid: str) -> str | None:
+    """Why the run's retain ConfigMap cannot carry a decision (it exists and is not this run's:
+    `retain_owner`), or None; the trainer would read that list, so no deletion is decided."""
+    configmap = await ctx.kube.get(kube.CONFIGMAPS, namespace, objnames.retain_configmap_name(name))
+    problem = foreign_retain_configmap(configmap, uid)
+    if problem:
+        ctx.retain_written.pop((namespace, name), None)
+        logger.warning("CPTRun %s/%s: %s", namespace, name, problem)
+    return problem
+
+
+async def write_retain_list(ctx: OperatorContext, body: dict[str, Any], retain: dict[str, Any]) -> str | None:
     """Create or update the run's retain ConfigMap (owned by the run), only when it changed:
-    no API request while the decision stays what this process last wrote."""
+    no API request while the decision stays what this process last wrote. An existing one that
+    is not this run's is never patched: returns why (None when written)."""
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
     text = json.dumps(retain, indent=2, sort_keys=True) + "\n"
     if ctx.retain_written.get((namespace, name)) == text:
-        return
+        return None
     cm_name = objnames.retain_configmap_name(name)
-    owner = objnames.owner_reference(body.get("apiVersion") or API_VERSION, "CPTRun", name, meta.get("uid", ""))
+    owner = objnames.owner_reference(body.get("apiVersion") or API_VERSION, "CPTRun", name, uid)
     configmap = render_configmap(cm_name, namespace, RETAIN_FILE_NAME, text, objnames.run_labels(namespace, name, "retain"), owner)
     try:
         await ctx.kube.create(kube.CONFIGMAPS, namespace, configmap)
     except kube.Conflict:
         existing = await ctx.kube.get(kube.CONFIGMAPS, namespace, cm_name)
+        if existing is not None and not controlled_by(existing, uid):
+            problem = foreign_retain_configmap(existing, uid)
+            logger.warning("CPTRun %s/%s: %s", namespace, name, problem)
+            return problem
         if existing is None or (existing.get("data") or {}).get(RETAIN_FILE_NAME) != text:
             await ctx.kube.patch(kube.CONFIGMAPS, namespace, cm_name, {"data": {RETAIN_FILE_NAME: text}})
     ctx.retain_written[(namespace, name)] = text
+    return None
 
 
 def run_pod_selector(name: str, uid: str) -> dict[str, str]:
@@ -170,7 +190,8 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
             if prom.last_latency is not None:
                 QUERY_SECONDS.observe(prom.last_latency)
     store: CheckpointStore | None
-    implausible = None
+    implausible: str | None = None
+    retain_problem: str | None = None
     if policy.storage.pvc is not None:
         # The operator cannot mount a tenant's volume: the trainer lists it in its metrics and
         # applies the retain list this pass writes. Steps it cannot have written are left out.
@@ -180,6 +201,7 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
             store, implausible = volume_store(prefix, spec, metrics)
             if implausible:
                 logger.warning("CPTRun %s/%s: %s", namespace, name, implausible)
+            retain_problem = await read_retain_problem(ctx, namespace, name, uid)
     else:
         try:
             store = await s3_store_for(ctx, namespace, name, policy.storage)
@@ -189,6 +211,7 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     inputs = ControlInputs(
         namespace, name, meta.get("generation"), spec, policy, status, metrics, error, store, time.time(),
         ctx.settings.metrics_stale_seconds, int(resume) if resume and resume.isdigit() else None, implausible,
+        retain_problem,
     )  # fmt: skip
     out = await asyncio.to_thread(control_step, inputs)
     RECONCILES.labels("control").inc()
@@ -196,11 +219,19 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
         ROTATIONS.inc()
         DELETIONS.inc(len(out.deleted))
     if out.retain is not None:
-        await write_retain_list(ctx, body, out.retain)
-    if out.status_patch:
+        problem = await write_retain_list(ctx, body, out.retain)
+        if problem:
+            # Created by someone else since this pass read it: the decision is not recorded
+            # either; the next pass finds the ConfigMap and decides no deletion.
+            ERRORS.labels("control").inc()
+            await post_event(ctx, body, "Warning", RETAIN_LIST_NOT_OWNED, problem)
+            return
+    # Only the fields that differ from what this pass read: nothing new, no write.
+    changes = changed_fields(status, out.status_patch)
+    if changes:
         # Conditional on the version this pass read: a reconcile that wrote meanwhile is never
         # overwritten with older data; this pass's decisions are redone on the next one.
-        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": out.status_patch}
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": changes}
         try:
             await ctx.kube.patch_status(kube.CPTRUNS, namespace, name, patch)
         except kube.Conflict:
@@ -255,7 +286,7 @@ async def control_pass(ctx: OperatorContext, prom: PrometheusClient | None, lead
     for namespace in ctx.settings.watch_namespaces or [""]:
         if leadership is not None and not await leadership.active(namespace):
             continue  # another replica is active (Kopf's peering): it runs the loop
-        for body in await ctx.kube.list(kube.CPTRUNS, namespace):
+        for body in await ctx.kube.list_paginated(kube.CPTRUNS, namespace):
             if (body.get("status") or {}).get("phase") not in ACTIVE_PHASES:
                 continue
             visited += 1
