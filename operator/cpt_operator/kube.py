@@ -8,6 +8,8 @@ that list records the calls.
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import os
 import ssl
@@ -156,8 +158,15 @@ class KubeClient:
             headers["Authorization"] = f"Bearer {token}"
         url = self.connection.server.rstrip("/") + path
         async with self._session().request(method, url, json=body, params=params, headers=headers) as resp:
-            data = await resp.json(content_type=None) if resp.content_length != 0 else None
-            return resp.status, data
+            text = await resp.text()
+            if not text:
+                return resp.status, None
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                # Not every answer is JSON: a real server says "404 page not found" in plain text
+                # for a path it does not serve (an API group whose CRDs are not installed).
+                return resp.status, {"message": text.strip()[:1024]}
 
     @staticmethod
     def _check(status: int, data: Any) -> None:

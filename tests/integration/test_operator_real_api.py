@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flows import REPORT, apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
-from integration_flows import LONG, play_kubelet, record_answers
+from integration_flows import LONG, play_kubelet, record_answers, refused, refused_logs
 from integration_setup import Forbidden, Identity
 from manifests import example
 
@@ -92,9 +92,43 @@ async def test_corpus_to_pytorchjob_to_garbage_collection(identities: dict[str, 
         await op.stop()
         await tenant.close()
         await admin.close()
-    denied = [a for a in answers if a[2] == 403]
+    denied = refused(answers, namespace)
     assert not denied, f"the chart's RBAC refused the operator: {denied}"
     assert answers, "the operator made no request of its own"
-    refused = [m for m in kopf_errors.records if "403" in m or "Forbidden" in m or "forbidden" in m]
-    assert not refused, refused
+    assert not refused_logs(kopf_errors.records, namespace), refused_logs(kopf_errors.records, namespace)
     await asyncio.sleep(0)
+
+
+def test_the_operator_reaches_tenant_data_only_in_opted_in_namespaces(identities: dict[str, Identity], namespace: str,
+                                                                      admin: Identity) -> None:  # fmt: skip
+    """The default install (cluster scope, no rbac.tenantNamespaces): the operator watches every
+    namespace, but reads Secrets, writes ConfigMaps and creates Jobs and PyTorchJobs only in the
+    namespaces the platform opted in (`namespace` is; a fresh one is not)."""
+    operator = identities["operator"]
+    other = f"{namespace[:50]}-not-opted"
+    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    admin.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": other}, "stringData": {"k": "v"}})
+    admin.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace}, "stringData": {"k": "v"}})
+    assert operator.request("GET", f"/api/v1/namespaces/{other}/secrets/s3").status_code == 403
+    assert operator.request("GET", f"/api/v1/namespaces/{namespace}/secrets/s3").status_code == 200
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}, "data": {}}
+    assert operator.request("POST", f"/api/v1/namespaces/{other}/configmaps", configmap).status_code == 403
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}  # fmt: skip
+    assert operator.request("POST", f"/apis/batch/v1/namespaces/{other}/jobs", job, params={"dryRun": "All"}).status_code == 403
+    assert operator.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job, params={"dryRun": "All"}).status_code == 201
+    # Watching everywhere still works: the runs of every namespace are listed.
+    assert operator.request("GET", "/apis/cpt.dev/v1alpha1/cptruns").status_code == 200
+    admin.request("DELETE", f"/api/v1/namespaces/{other}")
+
+
+async def test_a_plain_text_answer_of_the_real_server_is_a_404_not_a_crash(identities: dict[str, Identity]) -> None:
+    """kube-apiserver answers a path it does not serve (an API group whose CRDs are not
+    installed, Kueue's on a cluster without it) with `404 page not found` in plain text. The
+    operator's client read every answer as JSON, and the run's reconcile failed on that."""
+    client = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
+    try:
+        assert await client.api_group("no-such-group.example.com") is None
+        assert await client.get(kube.Resource("no-such-group.example.com", "v1", "things"), "default", "x") is None
+    finally:
+        await client.close()
