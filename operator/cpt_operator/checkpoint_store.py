@@ -7,9 +7,23 @@ through a cleanup Job in the tenant's namespace). Tests inject a recording one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from cpt_operator.api.common import StorageLocation
+
+
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """One deleted run's checkpoints: its prefix as recorded when its job was created
+    (`<storage>/<namespace>/<run>[/<uid>]`, see decide/run.decide_checkpoint_deletion)."""
+
+    namespace: str
+    run: str
+    uid: str
+    prefix: str
+    storage: StorageLocation
+    cleanup_job_uid: str | None = None  # status.cleanupJob.uid: the cleanup Job the operator created
 
 
 class CheckpointsKept(Exception):
@@ -19,8 +33,8 @@ class CheckpointsKept(Exception):
 
 @runtime_checkable
 class RunCheckpointsDeleter(Protocol):
-    async def delete_run_checkpoints(self, namespace: str, run: str, storage: StorageLocation) -> str:
-        """Delete every checkpoint below <storage>/<namespace>/<run>/ and say what was done.
+    async def delete_run_checkpoints(self, target: RunCheckpoints) -> str:
+        """Delete every checkpoint below `target.prefix` and say what was done.
 
         Called only for policies with deleteWithRun, after the run's PyTorchJob is gone.
         Raise kopf.TemporaryError to be called again (bounded: the finalizer is released

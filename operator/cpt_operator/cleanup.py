@@ -3,7 +3,7 @@
 Run by the cleanup Job the operator creates when a CPTRun whose CheckpointPolicy has
 `deleteWithRun: true` and PVC storage is deleted (the operator itself cannot mount a
 tenant's volume). Arguments arrive as an argv list, never through a shell. The folder must be
-exactly `<mount root>/<claim>/.../<namespace>/<run>` with the namespace and run given, below
+exactly `<mount root>/<claim>/.../<namespace>/<run>[/<uid>]` with the namespace, run (and uid) given, below
 the mount root, with no `..` or symlink on the way; anything else is refused (exit 2) and
 nothing is deleted. Only `step-NNNNNNNN` folders (and their `.tmp-` leftovers) go, each with
 its `COMPLETE` marker first; the run's folder is removed when it is then empty.
@@ -27,14 +27,15 @@ class Refused(Exception):
     """The folder is not a run's own checkpoint prefix."""
 
 
-def confined_run_folder(mount_root: str, folder: str, namespace: str, run: str) -> Path:
+def confined_run_folder(mount_root: str, folder: str, namespace: str, run: str, uid: str = "") -> Path:
     root = Path(mount_root)
     path = Path(folder)
     if not root.is_absolute() or not path.is_absolute():
         raise Refused("the mount root and the folder must be absolute paths")
-    if ".." in path.parts or path.parts[-2:] != (namespace, run):
-        raise Refused(f"{folder!r} is not <storage>/{namespace}/{run}")
-    if root not in path.parents or len(path.relative_to(root).parts) < 3:
+    tail = (namespace, run, uid) if uid else (namespace, run)
+    if ".." in path.parts or path.parts[-len(tail):] != tail:
+        raise Refused(f"{folder!r} is not <storage>/{'/'.join(tail)}")
+    if root not in path.parents or len(path.relative_to(root).parts) < 1 + len(tail):
         raise Refused(f"{folder!r} is not below a claim mounted at {mount_root!r}")
     if path.exists() and path.resolve() != path:
         raise Refused(f"{folder!r} goes through a symlink")
@@ -63,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", required=True)
     p.add_argument("--namespace", required=True)
     p.add_argument("--run", required=True)
+    p.add_argument("--uid", default="", help="the run's uid, the last part of its folder (runs created since it is)")
     p.add_argument("--report", default="/dev/termination-log", help="where the JSON result goes ('' for none)")
     args = p.parse_args(argv)
     try:
-        folder = confined_run_folder(args.mount_root, args.folder, args.namespace, args.run)
+        folder = confined_run_folder(args.mount_root, args.folder, args.namespace, args.run, args.uid)
         deleted = delete_run_checkpoints(folder)
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)

@@ -54,6 +54,7 @@ SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_KEY_MISSING = "SecretKeyMissing"
 # Created
 NOT_CREATED = "NotCreated"
+OBJECT_NOT_OWNED = "ObjectNotOwned"
 JOB_CREATED = "JobCreated"
 JOB_MISSING = "JobMissing"
 # Running / Suspended / Succeeded / Failed (mirrored from the PyTorchJob)
@@ -136,3 +137,11 @@ def find_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     cond = find_condition(conditions, type_)
     return cond is not None and cond.get("status") == "True"
+
+
+def conditions_with(current: list[dict[str, Any]], updates: list[tuple[str, Any, str, str]], generation: int | None, now: str) -> list[dict[str, Any]]:  # noqa: E501
+    """`current` with each (type, status, reason, message) update applied in order."""
+    out = [dict(x) for x in current]
+    for type_, status, reason, message in updates:
+        out = set_condition(out, type_, status, reason, message, generation, now)
+    return out

@@ -29,3 +29,7 @@ KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 ANNOTATION_SPEC_DIGEST = f"{GROUP}/immutable-spec-digest"
 ANNOTATION_CONFIG_DIGEST = f"{GROUP}/config-digest"
+# Recorded on a run's PyTorchJob when it is created (and mirrored in status.checkpointStorage):
+# where the run's checkpoints are and whether they are deleted with it.
+ANNOTATION_CHECKPOINT_URI = f"{GROUP}/checkpoint-uri"
+ANNOTATION_DELETE_WITH_RUN = f"{GROUP}/delete-checkpoints-with-run"

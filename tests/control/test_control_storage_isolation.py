@@ -21,7 +21,8 @@ import pytest
 from cpt_operator import kube
 from cpt_operator.api.common import StorageLocation
 from cpt_operator.api.resources import load_manifests
-from cpt_operator.checkpoint_store import CheckpointsKept
+from cpt_operator.checkpoint_store import CheckpointsKept, RunCheckpoints
+from cpt_operator.render.locations import run_prefix
 from cpt_operator.control.prometheus import RunMetrics
 from cpt_operator.control.storage import StorageRefused
 from cpt_operator.handlers import control
@@ -33,6 +34,11 @@ from cpt_trainer.contract import metrics as names
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
 SHARED = "shared-ckpt"
+
+
+def target(namespace: str, run: str, storage: Any) -> RunCheckpoints:
+    """A deleted run's checkpoints at its uid-less prefix (<storage>/<namespace>/<run>)."""
+    return RunCheckpoints(namespace, run, "", run_prefix(storage, namespace, run, "/mnt/cpt/pvc"), storage)
 
 
 def storage(uri: str, endpoint: str | None, secret: bool = False) -> StorageLocation:
@@ -110,7 +116,7 @@ async def test_without_a_secret_or_grant_the_operators_identity_deletes_nothing(
     with pytest.raises(StorageRefused, match="storageGrants"):
         store.list_complete()
     with pytest.raises(CheckpointsKept, match="storageGrants"):
-        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints("prod", "step-00000500", attack)
+        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints(target("prod", "step-00000500", attack))
     assert all_keys(shared, SHARED) == before
 
 
@@ -120,13 +126,13 @@ async def test_a_grant_admits_only_its_own_prefix_and_run_prefixes_never_overlap
     # The attack's prefix lies below the grant's (no {namespace} in it): refused.
     attack = storage(f"s3://{SHARED}/ckpt/ml", s3_endpoint)
     with pytest.raises(CheckpointsKept):
-        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints("prod", "step-00000500", attack)
+        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints(target("prod", "step-00000500", attack))
     # On the granted prefix itself, run `step-00000500` of prod is ckpt/prod/step-00000500/: its own only.
     put_checkpoint(shared, SHARED, "ckpt/prod/step-00000500", 1000)
     put_checkpoint(shared, SHARED, "ckpt/prod/step-000005000", 1000)  # a neighbour whose name extends it
     shared.put_object(Bucket=SHARED, Key="ckpt/prod/step-00000500/notes.txt", Body=b"the tenant's own file")
     granted = storage(f"s3://{SHARED}/ckpt", s3_endpoint)
-    message = await ClusterCheckpointDeleter(ctx).delete_run_checkpoints("prod", "step-00000500", granted)
+    message = await ClusterCheckpointDeleter(ctx).delete_run_checkpoints(target("prod", "step-00000500", granted))
     assert message.startswith("deleted 3 object(s)")
     remaining = all_keys(shared, SHARED)
     assert "ckpt/ml/prod/step-00000500/COMPLETE" in remaining
@@ -135,7 +141,7 @@ async def test_a_grant_admits_only_its_own_prefix_and_run_prefixes_never_overlap
     assert not [k for k in remaining if k.startswith("ckpt/prod/step-00000500/step-")]
     # A namespace the grant does not name is refused on the same prefix.
     with pytest.raises(CheckpointsKept):
-        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints("other", "run", granted)
+        await ClusterCheckpointDeleter(ctx).delete_run_checkpoints(target("other", "run", granted))
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -183,7 +189,7 @@ async def test_an_endpoint_off_the_allowlist_gets_no_request(monkeypatch: pytest
         with pytest.raises(StorageRefused, match="allowedS3Endpoints"):
             await asyncio.to_thread(store.list_complete)
         with pytest.raises(CheckpointsKept, match="allowedS3Endpoints"):
-            await ClusterCheckpointDeleter(ctx).delete_run_checkpoints("prod", "run", loc)
+            await ClusterCheckpointDeleter(ctx).delete_run_checkpoints(target("prod", "run", loc))
         assert evil.requests == []
     finally:
         evil.shutdown()

@@ -84,17 +84,37 @@ def test_cleanup_refuses_a_symlinked_run_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the operator
 
 
-async def start_pvc_run(client: kube.KubeClient, ns: str) -> None:
-    """The minimal example (PVC storage) with deleteWithRun, its corpus curated, its job created."""
+async def recorded_prefix(client: kube.KubeClient, ns: str, run: str) -> str:
+    """status.checkpointStorage.uri: the run's own prefix, recorded when its job was created."""
+    async def recorded() -> str | None:
+        body = await client.get(kube.CPTRUNS, ns, run)
+        return (((body or {}).get("status") or {}).get("checkpointStorage") or {}).get("uri")
+
+    uri = await eventually(recorded, what="status.checkpointStorage")
+    uid = (await client.get(kube.CPTRUNS, ns, run))["metadata"]["uid"]
+    assert uri.endswith(f"/{ns}/{run}/{uid}"), uri  # the run's uid is part of it
+    return str(uri)
+
+
+async def start_pvc_run(client: kube.KubeClient, ns: str) -> str:
+    """The minimal example (PVC storage) with deleteWithRun, its corpus curated, its job created;
+    returns the run's recorded checkpoint folder."""
     objs = example("minimal", ns)
     objs["CheckpointPolicy/default"]["spec"]["deleteWithRun"] = True
     await apply_all(client, list(objs.values()))
     await finish_curation(client, ns, "docs")
     await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name("docs-cpt"))
+    return await recorded_prefix(client, ns, "docs-cpt")
 
 
-async def start_s3_run(client: kube.KubeClient, ns: str, run: str, endpoint: str) -> None:
-    """The legal example (S3 storage on `endpoint`, Secret AKIA / secret) with deleteWithRun."""
+async def cleanup_job(client: kube.KubeClient, ns: str, run: str) -> dict[str, Any]:
+    uid = (await client.get(kube.CPTRUNS, ns, run))["metadata"]["uid"]
+    return await wait_object(client, kube.JOBS, ns, cleanup_job_name(run, uid), timeout=30)
+
+
+async def start_s3_run(client: kube.KubeClient, ns: str, run: str, endpoint: str) -> str:
+    """The legal example (S3 storage on `endpoint`, Secret AKIA / secret) with deleteWithRun;
+    returns the run's recorded prefix's key part (below the bucket)."""
     objs = example("legal-cpt", ns)
     policy = objs["CheckpointPolicy/legal-keep-best"]["spec"]
     policy["deleteWithRun"] = True
@@ -104,6 +124,7 @@ async def start_s3_run(client: kube.KubeClient, ns: str, run: str, endpoint: str
     await finish_curation(client, ns, "legal-contracts")
     await finish_curation(client, ns, "general-replay")
     await wait_object(client, kube.PYTORCHJOBS, ns, pytorchjob_name(run))
+    return (await recorded_prefix(client, ns, run)).removeprefix("s3://legal-team-checkpoints/")
 
 
 def s3_settings(endpoint: str) -> Any:
@@ -137,18 +158,21 @@ async def test_pvc_checkpoints_are_deleted_by_the_cleanup_job(cluster: Any, clie
     ns = "tenant-pvc-delete"
     settings = operator_settings()
     settings.pvc_mount_root = str(tmp_path / "mnt")  # where the claim is mounted in the cleanup pod
-    run_dir = tmp_path / "mnt" / "team-data" / "checkpoints" / ns / "docs-cpt"
-    for step in (500, 1000, 1500):
-        write_checkpoint(run_dir, step)
     neighbour = tmp_path / "mnt" / "team-data" / "checkpoints" / ns / "docs-cpt-2"
     write_checkpoint(neighbour, 500)
+    # An earlier run of the same name, deleted with deleteWithRun false: its checkpoints stay.
+    earlier = tmp_path / "mnt" / "team-data" / "checkpoints" / ns / "docs-cpt"
+    write_checkpoint(earlier, 500)
     op = OperatorProcess(cluster[1], settings)
     await op.start()
     try:
-        await start_pvc_run(client, ns)
+        run_dir = Path(await start_pvc_run(client, ns))
+        assert run_dir.parent == earlier
+        for step in (500, 1000, 1500):
+            write_checkpoint(run_dir, step)
         await delete_and_wait_finalizer(client, ns, "docs-cpt")
 
-        job = await wait_object(client, kube.JOBS, ns, cleanup_job_name("docs-cpt"), timeout=30)
+        job = await cleanup_job(client, ns, "docs-cpt")
         assert await client.get(kube.PYTORCHJOBS, ns, pytorchjob_name("docs-cpt")) is None  # the trainer was gone first
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -169,6 +193,7 @@ async def test_pvc_checkpoints_are_deleted_by_the_cleanup_job(cluster: Any, clie
         await op.stop()
     assert not run_dir.exists()
     assert (neighbour / "step-00000500" / "COMPLETE").is_file()
+    assert (earlier / "step-00000500" / "COMPLETE").is_file()
     assert "CheckpointsDeleted" in await events(client, ns)
 
 
@@ -179,7 +204,7 @@ async def test_a_failed_cleanup_job_keeps_the_checkpoints_and_releases_the_run(c
     try:
         await start_pvc_run(client, ns)
         await delete_and_wait_finalizer(client, ns, "docs-cpt")
-        job = await wait_object(client, kube.JOBS, ns, cleanup_job_name("docs-cpt"), timeout=30)
+        job = await cleanup_job(client, ns, "docs-cpt")
         await client.patch_status(kube.JOBS, ns, job["metadata"]["name"], {"status": {"conditions": [{"type": "Failed", "status": "True"}]}})
         await gone(client, ns, "docs-cpt")
     finally:
@@ -209,22 +234,30 @@ async def test_s3_checkpoints_are_deleted_with_the_tenants_credentials(
     cluster: Any, client: kube.KubeClient, bucket: Any, s3_endpoint: str  # noqa: F811
 ) -> None:
     ns, run = "legal-team", "llama3-8b-legal"
-    for name in (run, run + "-v2"):  # the neighbour's prefix starts with this run's name
+
+    def put(prefix: str) -> None:
         for step in (500, 1000):
             for leaf in ("model/weights.bin", "metrics.json", "COMPLETE"):
-                bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/{ns}/{name}/step-{step:08d}/{leaf}", Body=b"x")
+                bucket.put_object(Bucket="legal-team-checkpoints", Key=f"{prefix}/step-{step:08d}/{leaf}", Body=b"x")
+
+    put(f"cpt/{ns}/{run}-v2")  # the neighbour's prefix starts with this run's name
+    put(f"cpt/{ns}/{run}")  # an earlier run of the same name (before uids were part of the prefix)
+    put(f"cpt/{ns}/{run}/0000-earlier-uid")  # an earlier run of the same name
     bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/other-team/{run}/step-00000500/COMPLETE", Body=b"x")
     op = OperatorProcess(cluster[1], s3_settings(s3_endpoint))
     await op.start()
     try:
-        await start_s3_run(client, ns, run, s3_endpoint)
+        prefix = await start_s3_run(client, ns, run, s3_endpoint)
+        put(prefix)
         await delete_and_wait_finalizer(client, ns, run)
         await gone(client, ns, run)
     finally:
         await op.stop()
     remaining = keys(bucket)
-    assert not [k for k in remaining if k.startswith(f"cpt/{ns}/{run}/")]
+    assert not [k for k in remaining if k.startswith(f"{prefix}/")]
     assert len([k for k in remaining if k.startswith(f"cpt/{ns}/{run}-v2/")]) == 6
+    assert len([k for k in remaining if k.startswith(f"cpt/{ns}/{run}/step-")]) == 6
+    assert len([k for k in remaining if k.startswith(f"cpt/{ns}/{run}/0000-earlier-uid/")]) == 6
     assert f"cpt/other-team/{run}/step-00000500/COMPLETE" in remaining
     assert "CheckpointsDeleted" in await events(client, ns)
 
@@ -233,16 +266,16 @@ async def test_s3_deletion_without_the_secret_keys_keeps_the_checkpoints(
     cluster: Any, client: kube.KubeClient, bucket: Any, s3_endpoint: str  # noqa: F811
 ) -> None:
     ns, run = "legal-team", "llama3-8b-legal"
-    bucket.put_object(Bucket="legal-team-checkpoints", Key=f"cpt/{ns}/{run}/step-00000500/COMPLETE", Body=b"x")
     op = OperatorProcess(cluster[1], s3_settings(s3_endpoint))
     await op.start()
     try:
-        await start_s3_run(client, ns, run, s3_endpoint)
+        prefix = await start_s3_run(client, ns, run, s3_endpoint)
+        bucket.put_object(Bucket="legal-team-checkpoints", Key=f"{prefix}/step-00000500/COMPLETE", Body=b"x")
         # The tenant rotates the Secret and drops a key before deleting the run.
         await client.patch(kube.SECRETS, ns, "legal-team-s3", {"data": {"AWS_SECRET_ACCESS_KEY": None}})
         await delete_and_wait_finalizer(client, ns, run)
         await gone(client, ns, run)
     finally:
         await op.stop()
-    assert keys(bucket) == [f"cpt/{ns}/{run}/step-00000500/COMPLETE"]
+    assert keys(bucket) == [f"{prefix}/step-00000500/COMPLETE"]
     assert "CheckpointsNotDeleted" in await events(client, ns)

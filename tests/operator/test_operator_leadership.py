@@ -63,7 +63,7 @@ async def test_a_paused_replica_runs_no_control_pass(cluster: Any, client: kube.
     })  # fmt: skip
     settings = operator_settings()
     settings.control_interval_seconds = 0.3  # no Prometheus: each pass writes MetricsAvailable=False
-    op = OperatorProcess(url, settings, tuning=Tuning(secret_retry_base=0.5, secret_retry_cap=1.0, peering_name=PEERING),
+    op = OperatorProcess(url, settings, tuning=Tuning(retry_later_base=0.5, retry_later_cap=1.0, peering_name=PEERING),
                          peering_priority=10)  # fmt: skip
     await op.start()
     ns = "tenant-peered"

@@ -325,6 +325,20 @@ class HaltStatus(StatusModel):
     action: str | None = Field(None, description="Halt or Warn.")
 
 
+class CheckpointStorageStatus(StatusModel):
+    """Where the run's checkpoints are and whether they go with it, fixed when its job was created."""
+
+    uri: str = Field(max_length=2048, description="The run's own checkpoint prefix (<storage>/<namespace>/<run>/<uid>).")
+    delete_with_run: bool = Field(description="The CheckpointPolicy's deleteWithRun when the job was created; deletion also needs it true then.")  # noqa: E501
+
+
+class CleanupJobStatus(StatusModel):
+    """The Job the operator created to delete the run's PVC checkpoints (deleteWithRun)."""
+
+    name: str = Field(max_length=63, description="Its name.")
+    uid: str = Field(max_length=64, description="Its uid: only this Job's outcome counts.")
+
+
 class CPTRunStatus(StatusModel):
     """Observed state of a CPTRun."""
 
@@ -347,7 +361,11 @@ class CPTRunStatus(StatusModel):
     best_checkpoint: BestCheckpoint | None = Field(None, description="The best eligible checkpoint.")
     cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
+    checkpoint_storage: CheckpointStorageStatus | None = Field(
+        None, description="Where the checkpoints are and whether they are deleted with the run, as fixed when the job was created."
+    )
+    cleanup_job: CleanupJobStatus | None = Field(None, description="The cleanup Job deleting the PVC checkpoints, once created.")
     delete_checkpoints_with_run: bool | None = Field(
         None,
-        description="The CheckpointPolicy's deleteWithRun as last seen; while true a finalizer makes deletion wait until the checkpoints are deleted.",  # noqa: E501
+        description="checkpointStorage.deleteWithRun; while true a finalizer makes deletion wait until the checkpoints are deleted.",  # noqa: E501
     )

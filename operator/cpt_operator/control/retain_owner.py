@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cpt_operator.ownership import controlled_by
 
-def controlled_by(body: dict[str, Any] | None, uid: str) -> bool:
-    """True when `body`'s controller owner reference names `uid`."""
-    owners = ((body or {}).get("metadata") or {}).get("ownerReferences") or []
-    return bool(uid) and any(isinstance(o, dict) and o.get("uid") == uid and o.get("controller") is True for o in owners)
+__all__ = ["controlled_by", "foreign_retain_configmap"]
 
 
 def foreign_retain_configmap(configmap: dict[str, Any] | None, run_uid: str) -> str | None:

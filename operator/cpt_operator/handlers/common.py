@@ -8,6 +8,7 @@ import kopf
 
 from cpt_operator import conditions as c
 from cpt_operator import kube
+from cpt_operator.conditions import conditions_with  # noqa: F401  (re-exported for the reconcilers)
 from cpt_operator.api.common import SecretReference
 from cpt_operator.decide.checks import Refusal
 from cpt_operator.decide.dependencies import backoff_delay
@@ -29,9 +30,10 @@ async def check_secret(ctx: OperatorContext, namespace: str, ref: SecretReferenc
     return None
 
 
-def secret_retry(ctx: OperatorContext, refusal: Refusal, retry: int) -> kopf.TemporaryError:
-    """Re-check a missing Secret later (bounded, doubling delay), the condition says why meanwhile."""
-    delay = backoff_delay(retry, ctx.tuning.secret_retry_base, ctx.tuning.secret_retry_cap)
+def retry_later(ctx: OperatorContext, refusal: Refusal, retry: int) -> kopf.TemporaryError:
+    """Re-check later what no watch reports (a missing Secret, an object the run does not own):
+    bounded, doubling delay; the condition says why meanwhile."""
+    delay = backoff_delay(retry, ctx.tuning.retry_later_base, ctx.tuning.retry_later_cap)
     return kopf.TemporaryError(f"{refusal.message} (re-checked in {delay:.0f} s)", delay=delay)
 
 
@@ -56,10 +58,3 @@ def write_status(patch: Any, current: dict[str, Any], desired: dict[str, Any]) -
             patch.status[key] = value
             changed = True
     return changed
-
-
-def conditions_with(current: list[dict[str, Any]], updates: list[tuple[str, Any, str, str]], generation: int | None, now: str) -> list[dict[str, Any]]:  # noqa: E501
-    out = [dict(x) for x in current]
-    for type_, status, reason, message in updates:
-        out = c.set_condition(out, type_, status, reason, message, generation, now)
-    return out

@@ -15,9 +15,9 @@ from cpt_operator.settings import OperatorSettings
 class Tuning:
     """Kopf-side timings (seconds); tests shorten them."""
 
-    secret_retry_base: float = 5.0
+    retry_later_base: float = 5.0
     """First delay before re-checking a missing Secret (Secrets are not watched: least privilege)."""
-    secret_retry_cap: float = 300.0
+    retry_later_cap: float = 300.0
     """Longest delay between re-checks of a missing Secret."""
     watch_server_timeout: int = 300
     """Watch requests end after this (the API server closes them); Kopf re-lists and re-watches.

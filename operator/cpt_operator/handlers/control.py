@@ -41,7 +41,7 @@ from cpt_operator.handlers.leadership import Leadership
 from cpt_operator.handlers.stores import CredentialsMissing, s3_store_for
 from cpt_operator.render import names as objnames
 from cpt_operator.render.configmap import render_configmap
-from cpt_operator.render.locations import run_prefix
+from cpt_operator.decide.run import recorded_prefix
 from cpt_operator.render.trainer_config import RETAIN_FILE_NAME
 from cpt_trainer.contract import metrics as names
 
@@ -195,7 +195,7 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     if policy.storage.pvc is not None:
         # The operator cannot mount a tenant's volume: the trainer lists it in its metrics and
         # applies the retain list this pass writes. Steps it cannot have written are left out.
-        prefix = run_prefix(policy.storage, namespace, name, ctx.settings.pvc_mount_root)
+        prefix = recorded_prefix(status, policy.storage, namespace, name, ctx.settings.pvc_mount_root)
         store = None
         if metrics is not None:
             store, implausible = volume_store(prefix, spec, metrics)
@@ -204,7 +204,8 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
             retain_problem = await read_retain_problem(ctx, namespace, name, uid)
     else:
         try:
-            store = await s3_store_for(ctx, namespace, name, policy.storage)
+            store = await s3_store_for(ctx, namespace, name, policy.storage,
+                                       prefix=recorded_prefix(status, policy.storage, namespace, name, ctx.settings.pvc_mount_root))
         except CredentialsMissing:
             store = None  # the reconcile reports the Secret; nothing is deleted meanwhile
     resume = (meta.get("annotations") or {}).get(RESUME_ANNOTATION)

@@ -17,7 +17,7 @@ from cpt_operator import kube
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.decide.checks import check_curation
 from cpt_operator.decide.corpus_phase import corpus_job_state, parse_curation_report
-from cpt_operator.handlers.common import check_secret, conditions_with, ensure_object, secret_retry, write_status
+from cpt_operator.handlers.common import check_secret, conditions_with, ensure_object, retry_later, write_status
 from cpt_operator.handlers.context import OperatorContext, context_of
 from cpt_operator.handlers.indexes import first
 from cpt_operator.render import names
@@ -90,7 +90,7 @@ async def reconcile_corpus(
         if missing is not None:
             updates += [(c.ACCEPTED, True, c.SPEC_ACCEPTED, "the spec is valid"), (c.READY, False, missing.reason, missing.message)]
             finish("Pending")
-            raise secret_retry(ctx, missing, retry)
+            raise retry_later(ctx, missing, retry)
         await ensure_object(ctx, kube.CONFIGMAPS, configmap)
         job_body, created = await ensure_object(
             ctx, kube.JOBS, render_curation_job(namespace, name, uid, corpus, ctx.settings, config_text, pool)

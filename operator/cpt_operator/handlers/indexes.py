@@ -38,6 +38,8 @@ def child_entry(namespace: str, labels: Any, body: Any, owner_label: str) -> dic
     slim = {
         "metadata": {"name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid"),
                      "annotations": dict(meta.get("annotations") or {}),
+                     # Who controls it: a job of the run's name the run does not own is never adopted.
+                     "ownerReferences": [dict(o) for o in meta.get("ownerReferences") or [] if o.get("controller")],
                      # Kueue's queue label says who owns runPolicy.suspend (decide/suspend.py).
                      "labels": {k: v for k, v in (labels or {}).items() if k == names.KUEUE_QUEUE_LABEL}},
         "spec": {"runPolicy": dict((body.get("spec") or {}).get("runPolicy") or {}),

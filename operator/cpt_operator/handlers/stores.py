@@ -75,12 +75,15 @@ def s3_client_config() -> Any:
                   retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})  # fmt: skip
 
 
-async def s3_store_for(ctx: OperatorContext, namespace: str, run: str, storage: StorageLocation) -> CheckpointStore:
-    """The run's store, or a RefusedCheckpointStore that says why the operator will not reach it."""
+async def s3_store_for(ctx: OperatorContext, namespace: str, run: str, storage: StorageLocation,
+                       prefix: str | None = None) -> CheckpointStore:  # fmt: skip
+    """The run's store, or a RefusedCheckpointStore that says why the operator will not reach it.
+    `prefix`: the run's own prefix as recorded (status.checkpointStorage); by default its
+    uid-less one, `<storage>/<namespace>/<run>`."""
     s3 = storage.s3
     if s3 is None:
         raise ValueError("not S3 storage")
-    prefix = run_prefix(storage, namespace, run, ctx.settings.pvc_mount_root)
+    prefix = prefix or run_prefix(storage, namespace, run, ctx.settings.pvc_mount_root)
     if not endpoint_allowed(ctx.settings, s3.endpoint):
         return RefusedCheckpointStore(
             prefix, f"endpoint {s3.endpoint!r} is not on the operator's allowlist (setting allowedS3Endpoints); "

@@ -11,7 +11,6 @@ from typing import Any
 
 from cpt_operator.api.common import StorageLocation
 from cpt_operator.render import names
-from cpt_operator.render.locations import run_prefix
 from cpt_operator.render.pod import container_security_context, pod_identity
 from cpt_operator.settings import OperatorSettings
 
@@ -19,7 +18,10 @@ TTL_SECONDS = 3600
 """The Job (and its pod) is removed this long after it finished; the operator reads its result before."""
 
 
-def render_cleanup_job(namespace: str, run: str, storage: StorageLocation, settings: OperatorSettings) -> dict[str, Any]:
+def render_cleanup_job(namespace: str, run: str, uid: str, folder: str, storage: StorageLocation,
+                       settings: OperatorSettings) -> dict[str, Any]:  # fmt: skip
+    """`folder`: the run's checkpoint prefix as recorded when its job was created
+    (`<storage>/<namespace>/<run>[/<uid>]`); the Job checks it again before deleting."""
     if storage.pvc is None:
         raise ValueError("a cleanup Job is only for PVC storage")
     claim = storage.pvc.claim_name
@@ -29,7 +31,7 @@ def render_cleanup_job(namespace: str, run: str, storage: StorageLocation, setti
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": names.cleanup_job_name(run), "namespace": namespace, "labels": labels},
+        "metadata": {"name": names.cleanup_job_name(run, uid), "namespace": namespace, "labels": {**labels, names.LABEL_RUN_UID: uid}},
         "spec": {
             "backoffLimit": 2,
             "activeDeadlineSeconds": 1800,
@@ -45,7 +47,8 @@ def render_cleanup_job(namespace: str, run: str, storage: StorageLocation, setti
                             "imagePullPolicy": "IfNotPresent",
                             "command": [
                                 "python", "-m", "cpt_operator.cleanup", "--mount-root", root,
-                                "--folder", run_prefix(storage, namespace, run, root), "--namespace", namespace, "--run", run,
+                                "--folder", folder, "--namespace", namespace, "--run", run,
+                                *(["--uid", uid] if folder.rstrip("/").endswith("/" + uid) and uid else []),
                             ],  # fmt: skip
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
                             "securityContext": container_security_context(),

@@ -38,10 +38,11 @@ def location_uri(loc: Location | StorageLocation, pvc_mount_root: str) -> str:
     raise ValueError("location has no backend")
 
 
-def run_prefix(storage: StorageLocation, namespace: str, run: str, pvc_mount_root: str) -> str:
-    """Each run's own checkpoint prefix: <storage>/<namespace>/<run>."""
+def run_prefix(storage: StorageLocation, namespace: str, run: str, pvc_mount_root: str, uid: str = "") -> str:
+    """Each run's own checkpoint prefix: <storage>/<namespace>/<run>/<uid> (without a uid, as
+    in local mode and for jobs created before the uid was part of it: <storage>/<namespace>/<run>)."""
     base = location_uri(storage, pvc_mount_root)
-    return base.rstrip("/") + "/" + join_key(namespace, run)
+    return base.rstrip("/") + "/" + join_key(namespace, run, *([uid] if uid else []))
 
 
 def pvc_claims(*locations: Location | StorageLocation | None) -> list[str]:

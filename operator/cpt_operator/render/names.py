@@ -12,7 +12,9 @@ import re
 
 # The keys live one layer below render/ and decide/ (cpt_operator.labels); re-exported here.
 from cpt_operator.labels import (  # noqa: F401
+    ANNOTATION_CHECKPOINT_URI,
     ANNOTATION_CONFIG_DIGEST,
+    ANNOTATION_DELETE_WITH_RUN,
     ANNOTATION_SPEC_DIGEST,
     KUEUE_JOB_UID_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -84,9 +86,10 @@ def retain_configmap_name(run: str) -> str:
     return derived_name(run, "-retain", MAX_NAME)
 
 
-def cleanup_job_name(run: str) -> str:
-    """The Job deleting a run's PVC checkpoints with it (deleteWithRun)."""
-    return derived_name(run, "-cleanup", MAX_JOB_NAME, must_start_with_letter=True)
+def cleanup_job_name(run: str, uid: str) -> str:
+    """The Job deleting a run's PVC checkpoints with it (deleteWithRun). Named with the run's uid:
+    a leftover Job of an earlier run of the same name is never taken for this run's."""
+    return derived_name(run, f"-cleanup-{short_hash(uid, 6)}", MAX_JOB_NAME, must_start_with_letter=True)
 
 
 def curation_job_name(corpus: str) -> str:

@@ -12,6 +12,7 @@ from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.decide.immutable import immutable_digest
 from cpt_operator.render import names
 from cpt_operator.render.configmap import TRAINER_CONFIG_KEY, config_json, digest, render_configmap
+from cpt_operator.render.locations import run_prefix
 from cpt_operator.render.pod import (
     CONFIG_DIR,
     container_security_context,
@@ -46,6 +47,7 @@ class RunInputs:
     corpora: dict[str, CorpusSpec]
     policy: CheckpointPolicySpec
     corpus_outputs: dict[str, str] = field(default_factory=dict)
+    checkpoint_uri: str | None = None  # the run's own checkpoint prefix (decide/run.checkpoint_uri)
 
 
 def referenced_corpora(spec: CPTRunSpec) -> list[str]:
@@ -82,6 +84,7 @@ def render_trainer_configmap(inputs: RunInputs, settings: OperatorSettings) -> d
     config = render_trainer_config(
         inputs.namespace, inputs.name, inputs.spec, inputs.corpora, inputs.policy,
         uid=inputs.uid, pvc_root=settings.pvc_mount_root, corpus_outputs=inputs.corpus_outputs,
+        checkpoint_uri=inputs.checkpoint_uri,
     )  # fmt: skip
     return render_configmap(
         names.trainer_configmap_name(inputs.name),
@@ -194,6 +197,10 @@ def render_pytorchjob(
             "annotations": {
                 names.ANNOTATION_SPEC_DIGEST: immutable_digest(spec.to_wire()),
                 names.ANNOTATION_CONFIG_DIGEST: digest(config_text),
+                # Fixed with the job: deletion checks both against the policy, fresh.
+                names.ANNOTATION_CHECKPOINT_URI: inputs.checkpoint_uri or run_prefix(
+                    inputs.policy.storage, inputs.namespace, inputs.name, settings.pvc_mount_root, inputs.uid),
+                names.ANNOTATION_DELETE_WITH_RUN: "true" if inputs.policy.delete_with_run else "false",
             },
             "ownerReferences": [names.owner_reference(API_VERSION, "CPTRun", inputs.name, inputs.uid)],
         },

@@ -63,6 +63,7 @@ def render_trainer_config(
     uid: str = "",
     pvc_root: str = DEFAULT_PVC_ROOT,
     corpus_outputs: dict[str, str] | None = None,
+    checkpoint_uri: str | None = None,
 ) -> TrainerConfig:
     """The TrainerConfig of one run. `corpora` maps each referenced Corpus name to its spec;
     `corpus_outputs` may override where a corpus's shards are (e.g. its status.outputUri)."""
@@ -81,7 +82,7 @@ def render_trainer_config(
         )
         for g in spec.evaluation.general_evals
     ]
-    checkpoint_uri = run_prefix(policy.storage, namespace, name, pvc_root)
+    checkpoint_uri = checkpoint_uri or run_prefix(policy.storage, namespace, name, pvc_root, uid)
     return TrainerConfig(
         identity=RunIdentity(namespace=namespace, name=name, uid=uid),
         model=ModelConfig(
