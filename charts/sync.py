@@ -76,20 +76,20 @@ def write_crds() -> None:
 
 
 def split_rules(rules: list[dict[str, Any]]) -> dict[str, list[dict[str, list[str]]]]:
-    """Operator rules -> {namespaced, cluster, clusterWideOnly}, one rule per (group, verbs)."""
+    """Operator rules -> {namespaced, tenant, cluster, clusterWideOnly}, one rule per (group, verbs)."""
     grouped: dict[tuple[str, str, tuple[str, ...]], set[str]] = defaultdict(set)
     for rule in rules:
         verbs = tuple(sorted(set(rule["verbs"])))
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 key = (group, resource.split("/", 1)[0])
-                scope = "namespaced"
+                scope = "tenant" if rule.get("tenant") else "namespaced"
                 if key in CLUSTER_WIDE_ONLY:
                     scope = "clusterWideOnly"
                 elif key in CLUSTER_SCOPED:
                     scope = "cluster"
                 grouped[(scope, group, verbs)].add(resource)
-    out: dict[str, list[dict[str, list[str]]]] = {"namespaced": [], "cluster": [], "clusterWideOnly": []}
+    out: dict[str, list[dict[str, list[str]]]] = {"namespaced": [], "tenant": [], "cluster": [], "clusterWideOnly": []}
     for (scope, group, verbs), resources in grouped.items():
         out[scope].append({"apiGroups": [group], "resources": sorted(resources), "verbs": list(verbs)})
     for scope in out:
@@ -105,8 +105,13 @@ def render_rules_file(rules: list[dict[str, Any]]) -> str:
     split = split_rules(rules)
     comments = {
         "namespaced": (
-            "# namespaced: resources in the watched namespaces (in the ClusterRole when watching the\n"
-            "#   whole cluster, in a Role per watched namespace otherwise).\n"
+            "# namespaced: our kinds and the watch of the children, in the watched namespaces (in the\n"
+            "#   ClusterRole when watching the whole cluster, in a Role per watched namespace otherwise).\n"
+        ),
+        "tenant": (
+            "# tenant: what reaches a tenant's data or starts work in its namespace (Secrets, ConfigMaps,\n"
+            "#   pods, writes of Jobs, PyTorchJobs and Workloads, Events): only in opted-in namespaces\n"
+            "#   (rbac.tenantNamespaces; a Role per watched namespace when watching listed ones).\n"
         ),
         "cluster": (
             "# cluster: cluster-scoped resources read in both modes (always a ClusterRole): CRD discovery,\n"
@@ -144,7 +149,7 @@ def operator_rules() -> list[dict[str, Any]] | None:
         if exc.name not in ("cpt_operator.rbac", "cpt_operator"):
             raise
         return None
-    return [rule_dict(r) for r in module.RULES]
+    return [{**rule_dict(r), "tenant": bool(getattr(r, "tenant", False))} for r in module.RULES]
 
 
 # --------------------------------------------------------------------------- Argo CD

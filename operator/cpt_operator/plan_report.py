@@ -226,24 +226,21 @@ def misfit_message(plan: RunPlan) -> str:
 
 
 def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
+    """What the operator would refuse of a run's scheduling: the checks it runs (decide/checks)."""
+    from cpt_operator.decide.checks import check_image, check_local_paths, check_pool, check_scheduling, run_local_locations
+
     spec: CPTRunSpec = run.spec  # type: ignore[assignment]
-    pool = settings.pool(spec.resources.node_pool)
-    where = f"CPTRun {run.namespace}/{run.name}: spec.resources.nodePool"
-    if pool is None:
-        known = ", ".join(p.name for p in settings.node_pools) or "none"
-        return [f"{where} {spec.resources.node_pool!r} is not a node pool of this installation (known: {known})"]
-    problems = []
-    if not pool.allows(run.namespace):
-        problems.append(f"{where} {pool.name!r} may not be used from namespace {run.namespace}")
-    if spec.resources.gpus_per_node > pool.gpus_per_node:
-        problems.append(
-            f"CPTRun {run.namespace}/{run.name}: spec.resources.gpusPerNode {spec.resources.gpus_per_node} exceeds "
-            f"the {pool.gpus_per_node} GPUs per node of pool {pool.name!r}"
-        )
-    image = spec.trainer.image
-    if image and not settings.image_allowed(image):
-        problems.append(f"CPTRun {run.namespace}/{run.name}: spec.trainer.image {image!r} is not allowed by this installation")
-    return problems
+    pool, refusal = check_pool(spec, run.namespace, settings)
+    refusals = [refusal, check_image(spec, settings), check_scheduling(spec, pool) if pool is not None else None,
+                check_local_paths(run_local_locations(spec), settings)]
+    return [f"CPTRun {run.namespace}/{run.name}: {r.message}" for r in refusals if r is not None]
+
+
+def _curation_problems(corpus: Resource, settings: OperatorSettings) -> list[str]:
+    from cpt_operator.decide.checks import check_curation
+
+    _, refusal = check_curation(corpus.spec, corpus.namespace, settings)  # type: ignore[arg-type]
+    return [f"Corpus {corpus.namespace}/{corpus.name}: {refusal.message}"] if refusal is not None else []
 
 
 def output_problems(resources: list[Resource]) -> list[str]:
@@ -309,6 +306,8 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
     runs = [r for r in resources if r.kind == "CPTRun"]
     for run in runs:
         problems += _pool_problems(run, settings)
+    for corpus in (r for r in resources if r.kind == "Corpus"):
+        problems += _curation_problems(corpus, settings)
     if problems:
         raise PlanError(problems)
     rendered = render_all(resources, settings) if runs else []

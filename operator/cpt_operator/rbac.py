@@ -15,6 +15,10 @@ class Rule(NamedTuple):
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
+    # Reaches a tenant's own data or creates workloads in its namespace (Secrets, ConfigMaps,
+    # pods, Jobs, PyTorchJobs, Workloads, Events): granted only in the namespaces the platform
+    # opts in (chart value rbac.tenantNamespaces), never cluster-wide by default.
+    tenant: bool = False
 
 
 RULES: tuple[Rule, ...] = (
@@ -23,17 +27,19 @@ RULES: tuple[Rule, ...] = (
     Rule(("cpt.dev",), ("cptruns/status", "corpora/status"), ("get", "patch")),
     # ownerReferences with blockOwnerDeletion need update on the owner's finalizers.
     Rule(("cpt.dev",), ("cptruns/finalizers", "corpora/finalizers"), ("update",)),
-    # Children.
-    Rule(("kubeflow.org",), ("pytorchjobs",), ("get", "list", "watch", "create", "patch", "delete")),
-    Rule(("batch",), ("jobs",), ("get", "list", "watch", "create")),
-    Rule(("",), ("configmaps",), ("get", "create", "patch")),
+    # Children: watched everywhere (the watch caches), written only where the platform allows.
+    Rule(("kubeflow.org",), ("pytorchjobs",), ("get", "list", "watch")),
+    Rule(("batch",), ("jobs",), ("get", "list", "watch")),
+    Rule(("kubeflow.org",), ("pytorchjobs",), ("create", "patch", "delete"), tenant=True),
+    Rule(("batch",), ("jobs",), ("create",), tenant=True),
+    Rule(("",), ("configmaps",), ("get", "create", "patch"), tenant=True),
     # Kueue: a stop that sticks deactivates the job's Workload (docs/kueue.md).
-    Rule(("kueue.x-k8s.io",), ("workloads",), ("list", "patch")),
+    Rule(("kueue.x-k8s.io",), ("workloads",), ("list", "patch"), tenant=True),
     # Curation reports: the termination message of a finished curation pod.
-    Rule(("",), ("pods",), ("list",)),
-    Rule(("",), ("secrets",), ("get",)),
+    Rule(("",), ("pods",), ("list",), tenant=True),
+    Rule(("",), ("secrets",), ("get",), tenant=True),
     # Kopf: Events on tenants' objects, CRD and namespace discovery, peering of replicas.
-    Rule(("",), ("events",), ("create",)),
+    Rule(("",), ("events",), ("create",), tenant=True),
     Rule(("",), ("namespaces",), ("list", "watch")),
     Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch")),
     Rule(("kopf.dev",), ("clusterkopfpeerings", "kopfpeerings"), ("get", "list", "watch", "patch")),

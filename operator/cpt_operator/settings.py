@@ -40,7 +40,7 @@ class NodePool(BaseModel):
     cpu: str = Field("32", description="Default CPU request per training pod.")
     memory: str = Field("256Gi", description="Default memory request per training pod.")
     allowed_namespaces: list[str] = Field(
-        default_factory=lambda: ["*"], description="Namespaces (glob patterns) whose runs may use the pool."
+        default_factory=list, description="Namespaces (glob patterns) whose runs may use the pool; empty: none."
     )
     allowed_priority_classes: list[str] = Field(
         default_factory=list, description="PriorityClass names a run on the pool may set; empty: none."
@@ -54,7 +54,16 @@ class NodePool(BaseModel):
 
 
 def _default_pools() -> list[NodePool]:
-    return [NodePool(name="h100-80gb", node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})]
+    """Without any pool in the settings (`cpt plan` on a laptop, local mode): one example pool
+    open to every namespace. A deployed operator gets its pools from the chart, where a pool
+    allows no namespace until the platform names them."""
+    return [NodePool(name="h100-80gb", node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, allowed_namespaces=["*"])]
+
+
+def _default_curation() -> "CurationSettings":
+    """Without a curation block in the settings (`cpt plan`, local mode): curation in every
+    namespace. The chart always writes the block, where it allows no namespace by default."""
+    return CurationSettings(allowed_namespaces=["*"])
 
 
 class KueueSettings(BaseModel):
@@ -77,7 +86,7 @@ class CurationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allowed_namespaces: list[str] = Field(
-        default_factory=lambda: ["*"], description="Namespaces (glob patterns) whose Corpora may curate."
+        default_factory=list, description="Namespaces (glob patterns) whose Corpora may curate; empty: none."
     )
     max_parallelism: int = Field(16, ge=1, le=256, description="Most curation pods of one Corpus.")
     max_gpus_per_pod: int = Field(0, ge=0, le=8, description="Most GPUs per curation pod; 0: CPU-only curation.")
@@ -155,7 +164,12 @@ class OperatorSettings(BaseSettings):
         60.0, gt=0, description="Longest one run's control pass may take; a run past it is reported and skipped."
     )
     control_concurrency: int = Field(4, ge=1, le=64, description="Runs whose control passes run at the same time.")
-    curation: CurationSettings = Field(default_factory=CurationSettings, description="Limits of curation Jobs.")
+    curation: CurationSettings = Field(default_factory=_default_curation, description="Limits of curation Jobs.")
+    allowed_local_roots: list[str] = Field(
+        default_factory=list,
+        description="Absolute folders (in the trainer and curation images) that `local` locations may name on a "
+        "cluster; empty: none (a tenant's `local` path could otherwise read the pod's own /proc or service files).",
+    )
 
     def pool(self, name: str) -> NodePool | None:
         return next((p for p in self.node_pools if p.name == name), None)

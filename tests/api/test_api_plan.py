@@ -114,7 +114,9 @@ def test_plan_reads_n_from_a_local_model_config(tmp_path):
             if doc["kind"] == "CPTRun":
                 doc["spec"]["baseModel"]["location"].pop("s3")
         path.write_text(yaml.safe_dump_all(docs))
-    (plan,) = build_plans(load_manifests([folder]), OperatorSettings())
+    with pytest.raises(PlanError, match="allowedLocalRoots"):  # a cluster names the folders local paths may use
+        build_plans(load_manifests([folder]), OperatorSettings())
+    (plan,) = build_plans(load_manifests([folder]), OperatorSettings(allowed_local_roots=[str(tmp_path)]))
     assert plan.shape.parameters == llama_parameters(cfg)
     assert plan.shape.source.endswith("config.json")
 
@@ -146,8 +148,8 @@ def test_unresolved_and_mistyped_references(tmp_path):
 
 
 def test_unknown_node_pool_is_reported():
-    settings = OperatorSettings(node_pools=[{"name": "a100-40gb"}])
-    with pytest.raises(PlanError, match=r"spec.resources.nodePool 'h100-80gb' is not a node pool .*known: a100-40gb"):
+    settings = OperatorSettings(node_pools=[{"name": "a100-40gb", "allowed_namespaces": ["*"]}])
+    with pytest.raises(PlanError, match=r"spec.resources.nodePool 'h100-80gb' is not a node pool .*: a100-40gb"):
         build_plans(load_manifests([LEGAL]), settings)
 
 
@@ -183,3 +185,16 @@ def test_invalid_field_through_the_cli_names_it(tmp_path):
     assert result.returncode == 2
     assert "spec.mixing.alpha: must be less than or equal to 1.0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plan_refuses_what_the_operator_refuses_a_priority_class_and_a_curation_beyond_limits():
+    resources = load_manifests([LEGAL])
+    run = next(r for r in resources if r.kind == "CPTRun")
+    run.spec.resources.priority_class_name = "system-node-critical"
+    corpus = next(r for r in resources if r.kind == "Corpus")
+    corpus.spec.parallelism = 256
+    with pytest.raises(PlanError) as err:
+        build_plans(resources, OperatorSettings())
+    text = str(err.value)
+    assert "priorityClassName 'system-node-critical'" in text
+    assert f"Corpus {corpus.namespace}/{corpus.name}" in text and "parallelism" in text

@@ -158,7 +158,7 @@ def test_single_change_advice_for_an_8b_zero0_run(tmp_path):
 
 def test_nothing_fits_is_said(tmp_path):
     # GPUs of 1 GiB, less than the runtime overhead alone: nothing tried fits
-    settings = OperatorSettings(node_pools=[{"name": "h100-80gb", "gpu_memory_gib": 1, "gpus_per_node": 8}])
+    settings = OperatorSettings(node_pools=[{"name": "h100-80gb", "gpu_memory_gib": 1, "gpus_per_node": 8, "allowed_namespaces": ["*"]}])
     folder = _run_70b(tmp_path)
     (plan,) = build_plans(load_manifests([folder]), settings)
     assert plan.advice == []

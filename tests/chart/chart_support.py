@@ -21,6 +21,8 @@ KUBE_VERSIONS = ("1.28.0", "1.37.0")
 TENANTS = ["team-a", "team-b"]
 SCENARIOS: dict[str, dict[str, Any]] = {
     "cluster": {},
+    "cluster+tenants": {"rbac": {"tenantNamespaces": TENANTS}},
+    "cluster+all-namespaces": {"rbac": {"tenantNamespaces": ["*"]}},
     "cluster+monitoring": {"monitoring": {"enabled": True}},
     "namespaces": {"rbac": {"scope": "namespaces", "watchNamespaces": TENANTS}},
     "namespaces+monitoring": {"rbac": {"scope": "namespaces", "watchNamespaces": TENANTS}, "monitoring": {"enabled": True}},

@@ -151,7 +151,8 @@ def test_settings() -> OperatorSettings:
         node_pools=[
             {"name": "h100-80gb", "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-             "allowed_priority_classes": ["training-high"]},  # the legal-cpt example's
+             "allowed_priority_classes": ["training-high"],  # for a run that sets the class
+             "allowed_namespaces": ["*"]},  # the test platform opts every test namespace in
             {"name": "vip-pool", "allowed_namespaces": ["vip-*"]},
         ],
         allowed_trainer_images=["registry.example/cpt/*:*"],
@@ -164,13 +165,15 @@ class RecordingCheckpointStore:
     def __init__(self, client: KubeClient):
         self.client = client
         self.calls: list[tuple[str, str, bool]] = []
+        self.prefixes: list[str] = []
 
-    async def delete_run_checkpoints(self, namespace: str, run: str, storage: Any) -> str:
+    async def delete_run_checkpoints(self, target: Any) -> str:
         from cpt_operator import kube
         from cpt_operator.render.names import pytorchjob_name
 
-        job_exists = await self.client.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(run)) is not None
-        self.calls.append((namespace, run, job_exists))
+        job_exists = await self.client.get(kube.PYTORCHJOBS, target.namespace, pytorchjob_name(target.run)) is not None
+        self.calls.append((target.namespace, target.run, job_exists))
+        self.prefixes.append(target.prefix)
         return "recorded"
 
 
@@ -193,7 +196,7 @@ class OperatorProcess:
         self.ctx = OperatorContext(
             settings=settings or test_settings(), connection=self.connection, kube=self.kube,
             checkpoint_store=store,
-            tuning=tuning or Tuning(secret_retry_base=0.5, secret_retry_cap=1.0),
+            tuning=tuning or Tuning(retry_later_base=0.5, retry_later_cap=1.0),
             identity=f"test-operator-{uuid.uuid4().hex[:8]}",
         )  # fmt: skip
         self.peering_priority = peering_priority

@@ -25,7 +25,8 @@ def spec(**resources):
 
 
 SETTINGS = OperatorSettings(
-    node_pools=[NodePool(name="h100"), NodePool(name="vip", allowed_namespaces=["vip-*"]), NodePool(name="small", gpus_per_node=4)],
+    node_pools=[NodePool(name="h100", allowed_namespaces=["*"]), NodePool(name="vip", allowed_namespaces=["vip-*"]),
+                NodePool(name="small", gpus_per_node=4, allowed_namespaces=["*"])],
     allowed_trainer_images=["registry.example/cpt/*:*"],
 )
 

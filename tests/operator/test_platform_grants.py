@@ -197,3 +197,35 @@ async def test_operator_refuses_preemption_escape_and_giant_curation(operator: A
     assert await client.get(kube.JOBS, namespace, curation_job_name("docs")) is None
     for name in ("docs-cpt", "escape"):
         assert await client.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(name)) is None
+
+
+def test_a_pool_and_curation_allow_no_namespace_until_the_platform_names_one() -> None:
+    """Least privilege by default: a pool or curation block in the settings without
+    allowedNamespaces admits no namespace (the chart's defaults are the same)."""
+    pool = NodePool(name="h100")
+    assert pool.allowed_namespaces == [] and not pool.allows("team-a")
+    refused_pool, refusal = checks.check_pool(run_spec(), "team-a", OperatorSettings(node_pools=[NodePool(name="h100-80gb")]))
+    assert refused_pool is None and refusal is not None and refusal.reason == "NodePoolNotAllowed"
+    assert CurationSettings().allowed_namespaces == []
+
+
+@pytest.mark.parametrize("path,allowed", [
+    ("/proc", False),  # the pod's own environment (S3 keys included) through include: [self/environ]
+    ("/etc/cpt-operator", False),  # the image's own configuration
+    ("/opt/data-other", False),  # a sibling whose name extends the root
+    ("/opt/data", True),
+    ("/opt/data/corpus", True),
+])  # fmt: skip
+def test_local_locations_only_below_the_roots_the_platform_allows(path: str, allowed: bool) -> None:
+    settings = OperatorSettings(allowed_local_roots=["/opt/data"])
+    corpus = copy.deepcopy(example("minimal", "ns")["Corpus/docs"]["spec"])
+    corpus["sources"][0]["location"] = {"local": {"path": path}}
+    corpus["sources"][0]["include"] = ["self/environ"]
+    refusal = checks.check_local_paths(checks.corpus_locations(CorpusSpec.model_validate(corpus)), settings)
+    assert (refusal is None) == allowed, refusal
+    if not allowed:
+        assert refusal.reason == "LocalPathNotAllowed" and "allowedLocalRoots" in refusal.message
+    run = copy.deepcopy(example("minimal", "ns")["CPTRun/docs-cpt"]["spec"])
+    run["baseModel"]["location"] = {"local": {"path": path}}
+    assert (checks.check_local_paths(checks.run_local_locations(CPTRunSpec.model_validate(run)), settings) is None) == allowed
+    assert checks.check_local_paths(checks.run_local_locations(CPTRunSpec.model_validate(run)), OperatorSettings()) is not None

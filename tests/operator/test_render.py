@@ -91,7 +91,7 @@ def test_legal_pytorchjob_shape() -> None:
     pod = replicas["Worker"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8" and c["resources"]["requests"]["nvidia.com/gpu"] == "8"
-    assert pod["priorityClassName"] == "training-high"
+    assert "priorityClassName" not in pod  # the example sets none: a default install allows none
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in c["ports"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -145,3 +145,16 @@ def test_plan_errors_name_the_problem() -> None:
         render_all(without_policy, settings())
     with pytest.raises(PlanError, match="node pool"):
         render_all(resources, OperatorSettings(node_pools=[NodePool(name="other")]))
+
+
+def test_a_priority_class_renders_only_where_the_pool_allows_it() -> None:
+    resources = load_manifests([ROOT / "examples" / "legal-cpt"])
+    run = next(r for r in resources if r.kind == "CPTRun")
+    run.spec.resources.priority_class_name = "training-high"  # type: ignore[union-attr]
+    with pytest.raises(PlanError, match="priorityClassName"):
+        render_all(resources, settings())
+    allowing = settings()
+    for pool in allowing.node_pools:
+        pool.allowed_priority_classes = ["training-high"]
+    pj = _by_kind(render_all(resources, allowing), "PyTorchJob")[0]
+    assert pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["priorityClassName"] == "training-high"

@@ -90,6 +90,13 @@ invalid combination fails the install with one clear line instead of a broken op
 {{- if ne (len $namespaces) (len (uniq $namespaces)) }}
 {{- fail "rbac.watchNamespaces lists a namespace twice" }}
 {{- end }}
+{{- $tenants := .Values.rbac.tenantNamespaces | default list }}
+{{- if and (eq $scope "namespaces") (not (empty $tenants)) }}
+{{- fail "rbac.tenantNamespaces must be empty when rbac.scope is \"namespaces\" (its watched namespaces are the tenant namespaces)" }}
+{{- end }}
+{{- if and (has "*" $tenants) (gt (len $tenants) 1) }}
+{{- fail "rbac.tenantNamespaces: \"*\" already means every namespace; list nothing else with it" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
 {{- fail "replicaCount > 1 needs peering.enabled: without Kopf peering every replica would reconcile the same runs" }}
 {{- end }}
@@ -158,6 +165,7 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
 {{- $out := dict
   "trainer_image" $s.trainerImage
   "allowed_trainer_images" ($s.allowedTrainerImages | default list)
+  "allowed_local_roots" ($s.allowedLocalRoots | default list)
   "node_pools" $pools
   "control_interval_seconds" $s.controlIntervalSeconds
   "metrics_stale_seconds" $s.metricsStaleSeconds

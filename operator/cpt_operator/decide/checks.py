@@ -8,7 +8,9 @@ preempts others or tolerates its way past the platform's taints.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from cpt_operator import conditions as c
 from cpt_operator.api.common import Toleration
@@ -20,6 +22,7 @@ PRIORITY_CLASS_NOT_ALLOWED = "PriorityClassNotAllowed"
 TOLERATION_NOT_ALLOWED = "TolerationNotAllowed"
 CURATION_NOT_ALLOWED = "CurationNotAllowed"
 CURATION_EXCEEDS_LIMITS = "CurationExceedsLimits"
+LOCAL_PATH_NOT_ALLOWED = "LocalPathNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,36 @@ def _toleration_refused(t: Toleration, pool: NodePool) -> str:
     return f"taint key {t.key!r} is not one node pool {pool.name!r} lets runs tolerate (allowed keys: {allowed})"
 
 
+def check_local_paths(locations: list[tuple[str, Any]], settings: OperatorSettings) -> Refusal | None:
+    """None when every `local` location (field name, Location) lies under a root the platform
+    allows (`allowed_local_roots`, absolute folders of the images; none by default). The path is
+    normalised first, so `..` cannot climb out of a root."""
+    roots = [posixpath.normpath(r) for r in settings.allowed_local_roots if r.startswith("/")]
+    for field, loc in locations:
+        local = getattr(loc, "local", None) if loc is not None else None
+        if local is None:
+            continue
+        path = posixpath.normpath(local.path)
+        if not any(root == "/" or path == root or path.startswith(root + "/") for root in roots):
+            where = ", ".join(roots) or "none"
+            return Refusal(LOCAL_PATH_NOT_ALLOWED, f"{field}.local.path {local.path!r} is not below a local folder the platform allows "
+                                                   f"(setting allowedLocalRoots: {where}); use s3 or pvc")  # fmt: skip
+    return None
+
+
+def corpus_locations(spec: CorpusSpec) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = [(f"spec.sources[{i}].location", s.location) for i, s in enumerate(spec.sources)]
+    out.append(("spec.tokenizer", spec.tokenizer))
+    quality = getattr(spec, "quality_filter", None)
+    if quality is not None:
+        out.append(("spec.qualityFilter.referenceModel", getattr(quality, "reference_model", None)))
+    return out
+
+
+def run_local_locations(spec: CPTRunSpec) -> list[tuple[str, Any]]:
+    return [("spec.baseModel.location", spec.base_model.location), ("spec.baseModel.tokenizer", spec.base_model.tokenizer)]
+
+
 def check_curation(spec: CorpusSpec, namespace: str, settings: OperatorSettings) -> tuple[NodePool | None, Refusal | None]:
     """The node pool of a GPU curation Job (None for CPU-only), or why the Corpus may not curate
     as asked: `settings.curation` bounds its namespace, parallelism and GPUs per pod, and GPU
@@ -91,6 +124,9 @@ def check_curation(spec: CorpusSpec, namespace: str, settings: OperatorSettings)
     cur = settings.curation
     if not cur.allows(namespace):
         return None, Refusal(CURATION_NOT_ALLOWED, f"namespace {namespace!r} may not run curation Jobs; ask the platform team")
+    local = check_local_paths(corpus_locations(spec), settings)
+    if local is not None:
+        return None, local
     if spec.parallelism > cur.max_parallelism:
         return None, Refusal(CURATION_EXCEEDS_LIMITS, f"spec.parallelism {spec.parallelism} exceeds the platform's limit of {cur.max_parallelism} curation pods")  # noqa: E501
     gpu = spec.resources.gpu

@@ -53,8 +53,9 @@ class LocalRunError(Exception):
 def local_settings(workdir: Path) -> OperatorSettings:
     """Operator settings of local mode: one `local` pool, PVCs as folders under WORKDIR/pvc."""
     return OperatorSettings(
-        node_pools=[NodePool(name=LOCAL_POOL, gpus_per_node=1, gpu_memory_gib=4.0, cpu="2", memory="4Gi")],
+        node_pools=[NodePool(name=LOCAL_POOL, gpus_per_node=1, gpu_memory_gib=4.0, cpu="2", memory="4Gi", allowed_namespaces=["*"])],
         pvc_mount_root=str((workdir / "pvc").resolve()),
+        allowed_local_roots=["/"],  # local mode reads this machine's own files: that is its point
     )
 
 

@@ -27,7 +27,9 @@ def render_all(resources: "list[Resource]", settings: "OperatorSettings") -> lis
     from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
     from cpt_operator.api.corpus import CorpusSpec
     from cpt_operator.api.cptrun import CPTRunSpec
-    from cpt_operator.decide.checks import check_image, check_pool
+    from cpt_operator.decide.checks import (
+        check_curation, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations,
+    )
     from cpt_operator.decide.suspend import initial_suspend
     from cpt_operator.render.configmap import TRAINER_CONFIG_KEY
     from cpt_operator.render.curation_job import render_curation_configmap, render_curation_job
@@ -41,14 +43,19 @@ def render_all(resources: "list[Resource]", settings: "OperatorSettings") -> lis
         try:
             if r.kind == "Corpus":
                 assert isinstance(r.spec, CorpusSpec)
+                curation_pool, refusal = check_curation(r.spec, r.namespace, settings)
+                if refusal is not None:
+                    raise PlanError(f"Corpus {r.namespace}/{r.name}: {refusal.message}")
                 cm = render_curation_configmap(r.namespace, r.name, uid, r.spec, settings)
                 text = next(iter(cm["data"].values()))
-                out += [cm, render_curation_job(r.namespace, r.name, uid, r.spec, settings, text)]
+                out += [cm, render_curation_job(r.namespace, r.name, uid, r.spec, settings, text, curation_pool)]
             elif r.kind == "CPTRun":
                 assert isinstance(r.spec, CPTRunSpec)
                 spec = r.spec
                 pool, refusal = check_pool(spec, r.namespace, settings)
-                refusal = refusal or check_image(spec, settings)
+                refusal = refusal or check_image(spec, settings) or check_local_paths(run_local_locations(spec), settings)
+                if refusal is None and pool is not None:
+                    refusal = check_scheduling(spec, pool)
                 if refusal is not None or pool is None:
                     raise PlanError(f"CPTRun {r.namespace}/{r.name}: {refusal.message if refusal else 'no pool'}")
                 policy = by_key.get(("CheckpointPolicy", r.namespace, spec.checkpoint_policy_ref.name))
