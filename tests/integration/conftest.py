@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # harness, flows
 
 import real_cluster  # noqa: E402
-from integration_setup import Identity, apply_chart_rbac, apply_crds, our_crds, upstream_crds  # noqa: E402
+from integration_setup import Identity, apply_chart_rbac, apply_crds, our_crds, prepare_tenant_namespace, upstream_crds  # noqa: E402
 
 _ns = itertools.count()
 
@@ -50,16 +50,12 @@ def installed(admin: Identity) -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def namespace(request: pytest.FixtureRequest, admin: Identity, installed: Any) -> str:
+def namespace(request: pytest.FixtureRequest, identities: dict[str, Identity], admin: Identity, installed: Any) -> str:
+    """A namespace of this test only, with tenant-a bound to `edit` and opted in as a tenant
+    namespace (the operator may reach its data: the chart's RoleBinding)."""
     base = request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
     name = f"{base}-{next(_ns)}"
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    admin.apply({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "tenant-a-edit", "namespace": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant-a"}],
-    })  # fmt: skip
+    prepare_tenant_namespace(identities, admin, name)
     return name
 
 

@@ -28,6 +28,21 @@ def record_answers(op: OperatorProcess) -> list[tuple[str, str, int]]:
     return answers
 
 
+def refused(answers: list[tuple[str, str, int]], *namespaces: str) -> list[tuple[str, str, int]]:
+    """The operator's requests the server refused (403) for these namespaces or cluster-wide.
+    Namespaces other tests left behind that the platform never opted in are out of the
+    operator's reach by design (least privilege): their refusals are not this test's."""
+    def ours(path: str) -> bool:
+        return "/namespaces/" not in path or any(f"/namespaces/{ns}/" in path for ns in namespaces)
+
+    return [a for a in answers if a[2] == 403 and ours(a[1])]
+
+
+def refused_logs(records: list[str], *namespaces: str) -> list[str]:
+    """Kopf's error lines about a refusal in these namespaces."""
+    return [m for m in records if ("403" in m or "orbidden" in m) and any(ns in m for ns in namespaces)]
+
+
 async def play_kubelet(admin: kube.KubeClient, namespace: str, corpus: str, report: dict[str, Any]) -> int:
     """Each pod of the curation Job (created by the real Job controller) succeeds, index 0 with the report."""
     job_name = curation_job_name(corpus)

@@ -160,3 +160,48 @@ def apply_chart_rbac(admin: Identity, values: dict[str, Any]) -> list[dict[str, 
     for obj in objects:
         admin.apply(obj, namespace=obj["metadata"].get("namespace") or RELEASE_NAMESPACE)
     return objects
+
+
+def opt_in_namespace(admin: Identity, namespace: str) -> list[dict[str, Any]]:
+    """What the platform does for a tenant namespace under the default (cluster-scope) install:
+    `rbac.tenantNamespaces` names it, and the chart's RoleBinding there lets the operator reach
+    its data. Rendered by the real Helm engine; only that namespace's objects are applied."""
+    objects = [o for o in render_chart({"rbac": {"tenantNamespaces": [namespace]}})
+               if o["kind"] in RBAC_KINDS and o["metadata"].get("namespace") == namespace]  # fmt: skip
+    assert [o["kind"] for o in objects] == ["RoleBinding"], objects
+    for obj in objects:
+        admin.apply(obj, namespace=namespace)
+    return objects
+
+
+def prepare_tenant_namespace(identities: dict[str, Identity], admin: Identity, name: str) -> None:
+    """A tenant namespace as the platform sets one up: created, tenant-a bound to `edit`, opted
+    in for the operator (the chart's RoleBinding); returns once the authorizer, which reads
+    RoleBindings (and the roles aggregated into `edit`) from its own cache, grants both."""
+    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    admin.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "tenant-a-edit", "namespace": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant-a"}],
+    })  # fmt: skip
+    opt_in_namespace(admin, name)
+    wait_allowed(identities["tenant-a"], name, [("cpt.dev", "cptruns"), ("cpt.dev", "corpora"), ("", "configmaps"), ("", "secrets")])
+    wait_allowed(identities["operator"], name, [("", "configmaps"), ("kubeflow.org", "pytorchjobs"), ("batch", "jobs")])
+
+
+def wait_allowed(identity: Identity, namespace: str, resources: list[tuple[str, str]], timeout: float = 120) -> None:
+    """Until a SelfSubjectAccessReview says `identity` may create each (group, resource) there."""
+    deadline = time.monotonic() + timeout
+    pending = list(resources)
+    while pending:
+        group, resource = pending[0]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {
+            "namespace": namespace, "verb": "create", "group": group, "resource": resource}}}  # fmt: skip
+        resp = identity.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        if resp.status_code == 201 and resp.json().get("status", {}).get("allowed"):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the identity may still not create {resource} in {namespace} after {timeout} s: {resp.text}")
+        time.sleep(0.2)

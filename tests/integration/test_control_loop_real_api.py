@@ -14,8 +14,8 @@ import pytest
 from flows import apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
 from harness import test_settings as operator_settings
-from integration_flows import LONG, play_kubelet, record_answers
-from integration_setup import Identity
+from integration_flows import LONG, play_kubelet, record_answers, refused
+from integration_setup import Identity, prepare_tenant_namespace
 from loopback_servers import prometheus_factory  # noqa: F401  (fixture)
 from manifests import example
 from trainer_exporter import RUN, TOTAL_TOKENS, TrainerExporter
@@ -45,13 +45,7 @@ async def test_a_degrading_run_is_halted_on_the_real_api_server(
     prom = prometheus_factory()
     trainers = TrainerExporter(prom)
     healthy = f"{namespace[:50]}-ok"
-    for ns in (healthy,):  # a second tenant namespace with the same grant
-        admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        admin.apply({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "tenant-a-edit", "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant-a"}],
-        })  # fmt: skip
+    prepare_tenant_namespace(identities, admin, healthy)  # a second tenant namespace with the same grants
     settings = operator_settings()
     settings.prometheus_url = prom.url
     settings.control_interval_seconds = 1.0
@@ -85,7 +79,7 @@ async def test_a_degrading_run_is_halted_on_the_real_api_server(
         trainers.close()
         await tenant.close()
         await adm.close()
-    assert not [a for a in answers if a[2] == 403], [a for a in answers if a[2] == 403]
+    assert not refused(answers, namespace, healthy), refused(answers, namespace, healthy)
 
 
 async def _suspended(adm: kube.KubeClient, namespace: str) -> bool:

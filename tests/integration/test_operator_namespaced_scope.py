@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import pytest
 from flows import apply_all, wait_phase
 from harness import OperatorProcess, eventually
-from integration_flows import LONG, play_kubelet, record_answers
+from integration_flows import LONG, play_kubelet, record_answers, refused, refused_logs
 from integration_setup import Identity, apply_chart_rbac
 
 from cpt_operator import kube
@@ -55,6 +55,5 @@ async def test_namespaced_operator_runs_with_only_the_namespaced_rbac(identities
         await op.stop()
         await adm.close()
     assert answers
-    assert not [a for a in answers if a[2] == 403], [a for a in answers if a[2] == 403]
-    refused = [m for m in kopf_errors.records if "403" in m or "orbidden" in m]
-    assert not refused, refused
+    assert not refused(answers, namespace), refused(answers, namespace)
+    assert not refused_logs(kopf_errors.records, namespace), refused_logs(kopf_errors.records, namespace)

@@ -184,10 +184,12 @@ def _wait(name: str, proc: subprocess.Popen, ready, timeout: float) -> None:
     raise RuntimeError(f"{name} {why}; last lines of {log}:\n{_tail(log)}")
 
 
-def _webhooks_answer(cluster: Cluster, path: str, body: dict) -> Callable[[], bool]:
-    """A readiness check through the API server: a dry-run create that the just-registered
-    webhooks must answer. A wrapper's `ready` file only says the webhook server started; the API
-    server may still call an earlier start's address until it has read the new configuration."""
+def _webhooks_answer(cluster: Cluster, path: str, body: dict, answered: Callable[[int, dict], bool]) -> Callable[[], bool]:
+    """A readiness check through the API server: a dry-run create that only the just-registered
+    webhook, serving, can have answered as `answered(status, response)` says. A wrapper's `ready`
+    file only says the webhook server started; the API server may still call an earlier start's
+    address until it has read the new configuration, or not call the webhook at all yet (then a
+    dry run is admitted without it: admission alone proves nothing)."""
     import base64
     import json
 
@@ -203,13 +205,24 @@ def _webhooks_answer(cluster: Cluster, path: str, body: dict) -> Callable[[], bo
         try:
             resp = requests.post(cluster.server + path, params={"dryRun": "All"}, data=json.dumps(body), headers=headers,
                                  verify=str(ca), timeout=15)  # fmt: skip
-        except requests.RequestException:
+            answer = resp.json()
+        except (requests.RequestException, ValueError):
             return False
-        # Only an admitted dry run counts: any refusal (a webhook not reached, a CRD not yet
-        # served, 429 while storage initialises) means not ready yet.
-        return resp.status_code < 300
+        return answered(resp.status_code, answer)
 
     return ready
+
+
+def _mutated_suspended(status: int, job: dict) -> bool:
+    """Kueue's mutating webhook suspends a queued Job at creation (the probe asks suspend: false)."""
+    return status < 300 and (job.get("spec") or {}).get("suspend") is True
+
+
+def _denied_by(webhook: str) -> Callable[[int, dict], bool]:
+    def denied(status: int, answer: dict) -> bool:
+        return status >= 400 and f'admission webhook "{webhook}" denied the request' in str(answer.get("message", ""))
+
+    return denied
 
 
 def _remove_stale_state_dirs() -> None:
@@ -256,8 +269,10 @@ def start_kueue(ready_timeout: float = 240) -> Path:
     _wait("kueue-up", proc, (state_dir / "ready").exists, ready_timeout)
     probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "webhook-probe", "namespace": "default",
              "labels": {"kueue.x-k8s.io/queue-name": "webhook-probe"}},
-             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}  # fmt: skip
-    _wait("kueue-up", proc, _webhooks_answer(cluster, "/apis/batch/v1/namespaces/default/jobs", probe), ready_timeout)
+             "spec": {"suspend": False,
+                      "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}  # fmt: skip
+    _wait("kueue-up", proc, _webhooks_answer(cluster, "/apis/batch/v1/namespaces/default/jobs", probe, _mutated_suspended),
+          ready_timeout)  # fmt: skip
     return state_dir
 
 
@@ -274,11 +289,13 @@ def start_training_operator(ready_timeout: float = 240) -> Path:
             "--state-dir", str(state_dir)]  # fmt: skip
     proc = _spawn("training-operator-up", args, state_dir)
     _wait("training-operator-up", proc, (state_dir / "ready").exists, ready_timeout)
-    template = {"spec": {"containers": [{"name": "pytorch", "image": "pytorch"}]}}
+    # No container named "pytorch": only the training operator's validating webhook refuses that.
+    template = {"spec": {"containers": [{"name": "not-pytorch", "image": "pytorch"}]}}
     probe = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "webhook-probe", "namespace": "default"},
              "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}}}  # fmt: skip
     _wait("training-operator-up", proc,
-          _webhooks_answer(cluster, "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs", probe), ready_timeout)  # fmt: skip
+          _webhooks_answer(cluster, "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs", probe,
+                           _denied_by("validator.pytorchjob.training-operator.kubeflow.org")), ready_timeout)  # fmt: skip
     return state_dir
 
 
