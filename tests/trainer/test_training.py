@@ -187,6 +187,10 @@ def test_retain_deletions_rules():
     # Without decidedThroughStep only what is older than the newest kept one goes.
     assert retain_deletions(folders, complete, {"step-00000004"}, None) == ["step-00000002"]
     assert retain_deletions(folders, complete, set(), None) == []
+    # With the operator's `delete` list, a complete checkpoint goes only when named there (one it
+    # never saw listed stays); the unfinished save at or before the decision still goes.
+    assert retain_deletions(folders, complete, set(), 10, named={"step-00000004"}) == ["step-00000004", "step-00000008"]
+    assert retain_deletions(folders, complete, set(), 10, named=set()) == ["step-00000008"]
 
 
 # ---------------------------------------------------------------- clear failures (exit 2, one line)

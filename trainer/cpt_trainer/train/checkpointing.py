@@ -165,8 +165,9 @@ class CheckpointManager:
     def apply_retain_list(self) -> list[str]:
         """Delete the volume's checkpoints the operator's retain list lets go; returns their names.
 
-        The list is `{"keep": [names], "decidedThroughStep": N}`: only checkpoints at or before
-        step N that it does not name are deleted, so a checkpoint saved after the operator's
+        The list is `{"keep": [names], "decidedThroughStep": N, "delete": [names]}`: only
+        checkpoints at or before step N that it does not keep, and that `delete` names (when
+        the list has it), are deleted, so a checkpoint saved after the operator's
         decision (the ConfigMap reaches the pod a minute or so late) is never lost, and the
         newest complete checkpoint never goes. An unreadable list deletes nothing."""
         if self.remote or not self.cfg.retain_file or not self.dist.is_main:
@@ -179,11 +180,12 @@ class CheckpointManager:
             keep = {str(name) for name in data["keep"]}
             through = data.get("decidedThroughStep")
             through = int(through) if through is not None else None
+            named = {str(n) for n in data["delete"]} if "delete" in data else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("retain list %s is unreadable (%s): deleting nothing", path, exc)
             return []
         folders = [p.name for p in self.root.iterdir() if p.is_dir()]
-        deleted = retain_deletions(folders, self.complete_local(), keep, through)
+        deleted = retain_deletions(folders, self.complete_local(), keep, through, named)
         for name in deleted:
             marker = self.root / name / CHECKPOINT_COMPLETE_MARKER
             marker.unlink(missing_ok=True)  # a half-deleted checkpoint must never look complete
@@ -193,11 +195,15 @@ class CheckpointManager:
         return deleted
 
 
-def retain_deletions(folders: list[str], complete: list[str], keep: set[str], through: int | None) -> list[str]:
+def retain_deletions(folders: list[str], complete: list[str], keep: set[str], through: int | None,
+                     named: set[str] | None = None) -> list[str]:  # fmt: skip
     """Which checkpoint folders a retain list deletes: step folders at or before `through`
-    (without it: at or before the newest step the list keeps) that it does not name, never
-    the newest complete one."""
+    (without it: at or before the newest step the list keeps) that it does not keep, never
+    the newest complete one. With `named` (the list's `delete`), a complete checkpoint goes
+    only when named there: one the operator never saw listed (a partial metrics answer) stays;
+    unfinished saves at or before `through` are leftovers and go."""
     newest = max(complete, key=checkpoint_step) if complete else None
+    finished = set(complete)
     if through is None:
         kept_steps = [s for name in keep if (s := checkpoint_step(name)) is not None]
         through = max(kept_steps) if kept_steps else -1
@@ -205,6 +211,8 @@ def retain_deletions(folders: list[str], complete: list[str], keep: set[str], th
     for name in folders:
         step = checkpoint_step(name)
         if step is None or name in keep or name == newest or step > through:
+            continue
+        if named is not None and name in finished and name not in named:
             continue
         out.append(name)
     return sorted(out, key=lambda n: checkpoint_step(n) or 0)
