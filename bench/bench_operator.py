@@ -150,9 +150,10 @@ def real_setup(namespaces: list[str]):  # type: ignore[no-untyped-def]
     cluster = real_cluster.start()
     admin, operator = Identity(cluster.kubeconfig("admin")), Identity(cluster.kubeconfig("operator"))
     apply_crds(admin, our_crds() + upstream_crds())
-    apply_chart_rbac(admin, {})
     for ns in namespaces:
         admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    # The default install opts no namespace in; the platform names the tenant namespaces.
+    apply_chart_rbac(admin, {"rbac": {"tenantNamespaces": namespaces}})
     # Established is not served yet: a new CRD's watch cache answers 429 "storage is
     # (re)initializing" for a while, which would delay the operator's first lists.
     for path in ("/apis/cpt.dev/v1alpha1/cptruns", "/apis/cpt.dev/v1alpha1/corpora",
