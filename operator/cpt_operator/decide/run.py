@@ -214,7 +214,7 @@ def decide_run(f: RunFacts) -> RunDecision:
         d.status["costEstimate"] = cost
 
     # 3. Dependencies, in the run's own namespace only.
-    corpus_names = [n for n in f.corpora]
+    corpus_names = list(f.corpora)
     policy_name = run.checkpoint_policy_ref.name
     deps = decide_dependencies(f.namespace, corpus_names, f.corpora, policy_name, f.policy)
 

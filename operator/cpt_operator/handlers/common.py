@@ -11,8 +11,10 @@ from cpt_operator import kube
 from cpt_operator.conditions import conditions_with  # noqa: F401  (re-exported for the reconcilers)
 from cpt_operator.api.common import SecretReference
 from cpt_operator.decide.checks import Refusal
+from cpt_operator.decide.run import not_owned_refusal
 from cpt_operator.decide.dependencies import backoff_delay
 from cpt_operator.handlers.context import OperatorContext
+from cpt_operator.ownership import controlled_by
 
 
 async def check_secret(ctx: OperatorContext, namespace: str, ref: SecretReference | None) -> Refusal | None:
@@ -37,9 +39,19 @@ def retry_later(ctx: OperatorContext, refusal: Refusal, retry: int) -> kopf.Temp
     return kopf.TemporaryError(f"{refusal.message} (re-checked in {delay:.0f} s)", delay=delay)
 
 
-async def ensure_object(ctx: OperatorContext, res: kube.Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+class NotOwned(Exception):
+    """An object of the name a child takes exists and is not controlled by its owner."""
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(not_owned_refusal(kind, name).message)
+        self.kind, self.name = kind, name
+
+
+async def ensure_object(ctx: OperatorContext, res: kube.Resource, body: dict[str, Any],
+                        owner_uid: str | None = None) -> tuple[dict[str, Any], bool]:  # fmt: skip
     """Create `body`, or return the existing object of that name (idempotent; a restart or a
-    duplicate event never makes a second one). Returns (object, created)."""
+    duplicate event never makes a second one). Returns (object, created). With `owner_uid`, an
+    existing object counts only when that owner controls it: another is never adopted (NotOwned)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         return await ctx.kube.create(res, namespace, body), True
@@ -47,6 +59,8 @@ async def ensure_object(ctx: OperatorContext, res: kube.Resource, body: dict[str
         existing = await ctx.kube.get(res, namespace, name)
         if existing is None:  # deleted in between: the next event retries
             raise kopf.TemporaryError(f"{res.plural} {name} vanished while being created", delay=2) from None
+        if owner_uid is not None and not controlled_by(existing, owner_uid):
+            raise NotOwned(body.get("kind", res.plural), name) from None
         return existing, False
 
 

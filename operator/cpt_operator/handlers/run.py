@@ -19,38 +19,15 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.checkpoint_store import CheckpointsKept, RunCheckpoints
 from cpt_operator.decide.checks import Refusal
 from cpt_operator.decide.run import (
-    RunDecision, RunFacts, decide_checkpoint_deletion, decide_run, not_owned_refusal, run_status,
+    RunDecision, RunFacts, decide_checkpoint_deletion, decide_run, run_status,
 )  # fmt: skip
 from cpt_operator.decide.run_phase import JobView
-from cpt_operator.handlers.common import check_secret, retry_later, write_status
+from cpt_operator.handlers.common import NotOwned, check_secret, ensure_object, retry_later, write_status
 from cpt_operator.handlers.context import OperatorContext, context_of
 from cpt_operator.handlers.deletion import ClusterCheckpointDeleter
 from cpt_operator.handlers.indexes import first, run_dependencies
 from cpt_operator.handlers.job_control import control_job
-from cpt_operator.ownership import controlled_by
 from cpt_operator.render import names
-
-
-class NotOwned(Exception):
-    def __init__(self, kind: str, name: str):
-        super().__init__(not_owned_refusal(kind, name).message)
-        self.kind, self.name = kind, name
-
-
-async def ensure_owned(ctx: OperatorContext, res: kube.Resource, body: dict[str, Any], uid: str) -> tuple[dict[str, Any], bool]:
-    """Create `body`, or return the existing object of that name when this run owns it
-    (idempotent: a restart or a duplicate event never makes a second one). An object of that
-    name this run does not own is never adopted (NotOwned). Returns (object, created)."""
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        return await ctx.kube.create(res, namespace, body), True
-    except kube.Conflict:
-        existing = await ctx.kube.get(res, namespace, name)
-        if existing is None:  # deleted in between: the next event retries
-            raise kopf.TemporaryError(f"{res.plural} {name} vanished while being created", delay=2) from None
-        if not controlled_by(existing, uid):
-            raise NotOwned(body.get("kind", res.plural), name) from None
-        return existing, False
 
 
 async def reconcile_run(
@@ -112,10 +89,10 @@ async def apply_run(ctx: OperatorContext, f: RunFacts, d: RunDecision, body: Any
             d.refuse(c.DEPENDENCIES_READY, missing.reason, missing.message, "Pending")
             raise SecretMissing(missing)
         assert d.configmap is not None
-        existing_cm, created_cm = await ensure_owned(ctx, kube.CONFIGMAPS, d.configmap, f.uid)
+        existing_cm, created_cm = await ensure_object(ctx, kube.CONFIGMAPS, d.configmap, f.uid)
         if not created_cm and (existing_cm.get("data") or {}) != d.configmap["data"]:
             await ctx.kube.patch(kube.CONFIGMAPS, f.namespace, d.configmap["metadata"]["name"], {"data": d.configmap["data"]})
-        job_body, created = await ensure_owned(ctx, kube.PYTORCHJOBS, d.job, f.uid)
+        job_body, created = await ensure_object(ctx, kube.PYTORCHJOBS, d.job, f.uid)
         if created:
             logger.info("created PyTorchJob %s/%s", f.namespace, d.job["metadata"]["name"])
             kopf.info(body, reason="PyTorchJobCreated", message=c.truncate_message(f"created PyTorchJob {d.job['metadata']['name']}"))
@@ -126,7 +103,7 @@ async def apply_run(ctx: OperatorContext, f: RunFacts, d: RunDecision, body: Any
         cm_patch, job_patch = d.config_patches()
         cm_name = d.configmap["metadata"]["name"]
         if await ctx.kube.patch(kube.CONFIGMAPS, f.namespace, cm_name, cm_patch) is None:
-            await ensure_owned(ctx, kube.CONFIGMAPS, d.configmap, f.uid)
+            await ensure_object(ctx, kube.CONFIGMAPS, d.configmap, f.uid)
         await ctx.kube.patch(kube.PYTORCHJOBS, f.namespace, job_body["metadata"]["name"], job_patch)
     if d.want_stopped is not None:
         # Stopped the way whoever admits the job supports (under Kueue: its Workload). Before
