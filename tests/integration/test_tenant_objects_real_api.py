@@ -130,7 +130,12 @@ async def test_a_suspend_goes_through_after_the_platform_stops_allowing_the_runs
             return job["spec"]["runPolicy"].get("suspend") is True
 
         await eventually(suspended, timeout=LONG, what="runPolicy.suspend true on the refused run's job")
-        assert await accepted_reason(tenant, namespace) == "ImageNotAllowed"
+        # The job is patched inside the handler; Kopf writes the status when the handler returns,
+        # so the condition may trail the job by a moment: wait for it, do not read it once.
+        async def refused_for_image() -> bool:
+            return await accepted_reason(tenant, namespace) == "ImageNotAllowed"
+
+        await eventually(refused_for_image, timeout=LONG, what="Accepted=False reason ImageNotAllowed")
         # Resuming a refused run does not start it again.
         await tenant.patch(kube.CPTRUNS, namespace, RUN, {"spec": {"suspend": False}})
         await eventually(lambda: _generation_seen(tenant, namespace), timeout=LONG, what="the resume seen")
