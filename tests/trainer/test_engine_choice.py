@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from cpt_trainer.contract.config import TrainerConfig
+from cpt_trainer.train.errors import TrainerInputError
 from cpt_trainer.train.engines import choose_engine_kind, training_state_bytes_per_gpu
 
 
@@ -16,8 +17,10 @@ def _cfg(**engine) -> TrainerConfig:
     })
 
 
-def test_cpu_always_takes_the_plain_pytorch_path():
-    assert choose_engine_kind(_cfg(kind="deepspeed", zero_stage=3), torch.device("cpu"), 10**9) == "torch"
+def test_cpu_refuses_deepspeed_with_an_actionable_message_and_auto_takes_the_plain_pytorch_path():
+    with pytest.raises(TrainerInputError, match="engine.kind deepspeed runs on GPU only.*set engine.kind torch"):
+        choose_engine_kind(_cfg(kind="deepspeed", zero_stage=3), torch.device("cpu"), 10**9)
+    assert choose_engine_kind(_cfg(kind="torch"), torch.device("cpu"), 10**9) == "torch"
     assert choose_engine_kind(_cfg(), torch.device("cpu"), 10**9) == "torch"
 
 

@@ -232,3 +232,26 @@ def test_a_stop_request_ends_after_the_step_with_a_checkpoint(make_config, tmp_p
         run.close()
     assert run.trainer.step == 1
     assert (tmp_path / "checkpoints" / "step-00000001" / "COMPLETE").is_file()
+
+
+def test_a_sequence_longer_than_the_models_positions_is_refused(make_config, capsys):
+    # The test model has max_position_embeddings 256 (conftest).
+    _fails(make_config(data={"sequence_length": 257}), capsys, "data.sequence_length 257", "max_position_embeddings 256")
+
+
+def test_deepspeed_on_cpu_is_refused_not_replaced(make_config, capsys):
+    _fails(make_config(engine={"kind": "deepspeed", "device": "cpu", "compile": False, "precision": "fp32"}), capsys,
+           "engine.kind deepspeed runs on GPU only", "set engine.kind torch")
+
+
+def test_resuming_a_checkpoint_of_the_other_engine_names_both_and_the_way_out(make_config, capsys, tmp_path):
+    run = _run(make_config())
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
+    finally:
+        run.close()
+    state_file = tmp_path / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["engine"] == "torch"
+    state_file.write_text(json.dumps({**state, "engine": "deepspeed"}))
+    _fails(make_config(), capsys, "written by engine deepspeed", "this run uses engine torch", "set engine.kind deepspeed")

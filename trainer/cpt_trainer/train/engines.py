@@ -20,6 +20,7 @@ import torch
 
 from cpt_trainer.contract.config import TrainerConfig
 from cpt_trainer.train.distributed import DistEnv
+from cpt_trainer.train.errors import TrainerInputError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ class TorchEngine:
         self.device = device
         self.accumulation = accumulation
         on_gpu = device.type == "cuda"
+        # bf16 is a GPU precision (the API says so); on CPU the run computes in fp32, and says it.
         self.autocast = on_gpu and cfg.engine.precision == "bf16"
+        if cfg.engine.precision == "bf16" and not on_gpu:
+            logger.warning("engine.precision bf16 applies on GPU only: computing in fp32 on %s", device.type)
         if cfg.engine.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -61,13 +65,15 @@ class TorchEngine:
             from torch.nn.parallel import DistributedDataParallel
 
             train_module = DistributedDataParallel(
-                model, device_ids=[device.index] if on_gpu else None, gradient_as_bucket_view=True, static_graph=True
+                model, device_ids=[device.index] if on_gpu else None, gradient_as_bucket_view=True
             )
         self._ddp = train_module if dist.world_size > 1 else None
         if cfg.engine.compile and on_gpu:
             train_module = torch.compile(train_module)
         elif cfg.engine.compile:
-            logger.info("torch.compile is used on GPU only; running eagerly on %s", device.type)
+            # Not yet run on CPU in a test: eager, and said at WARNING (never a silent replacement).
+            logger.warning("engine.compile true applies on GPU only: training eagerly on %s (set engine.compile false "
+                           "to silence this)", device.type)
         self.train_module = train_module
         opt = cfg.optim
         extra = {"fused": True} if on_gpu else {}
@@ -208,15 +214,21 @@ class DeepSpeedEngine:
 
 
 def choose_engine_kind(cfg: TrainerConfig, device: torch.device, parameters: int) -> str:
-    """`auto`: the plain PyTorch path when the full training state (16 bytes/parameter: fp32
-    weights, gradients, two Adam moments) fits in half of one GPU, else DeepSpeed; CPU: torch."""
+    """`torch` or `deepspeed` as configured, never replaced; `auto`: the plain PyTorch path when
+    the full training state (16 bytes/parameter: fp32 weights, gradients, two Adam moments) fits
+    in half of one GPU, else DeepSpeed; `auto` on CPU: torch. `deepspeed` on CPU is refused."""
     kind = cfg.engine.kind
-    if device.type != "cuda":
-        if kind == "deepspeed":
-            logger.info("engine.kind deepspeed runs on GPU only: using the plain PyTorch path on CPU")
-        return "torch"
+    if kind == "deepspeed" and device.type != "cuda":
+        # Tried: DeepSpeed's CPU accelerator with gloo on 2 ranks did not get past initialize in
+        # 500 s on this trainer (2026-12-02), so the trainer refuses rather than swap engines.
+        raise TrainerInputError(
+            f"engine.kind deepspeed runs on GPU only in this trainer and the device is {device.type}: set engine.kind "
+            "torch (or auto) for a CPU run, or run on a GPU node pool"
+        )
     if kind != "auto":
         return kind
+    if device.type != "cuda":
+        return "torch"
     total = torch.cuda.get_device_properties(device).total_memory
     return "torch" if 16 * parameters <= total / 2 else "deepspeed"
 

@@ -153,6 +153,7 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
     _check_roles(cfg, corpora)
     general_specs = _general_eval_inputs(cfg, corpora, cache, tokenizer)
     parameters = count_parameters(model_dir)
+    _check_sequence_length(cfg, model_dir)
     kind = choose_engine_kind(cfg, device, parameters)
     try:
         accumulation = gradient_accumulation_steps(cfg, env.world_size)
@@ -231,6 +232,18 @@ def _general_eval_inputs(cfg: TrainerConfig, corpora: list[CorpusData], cache: P
         elif not g.task:
             raise TrainerInputError(f"eval.general {g.name}: kind lm_eval needs a task")
     return specs
+
+
+def _check_sequence_length(cfg: TrainerConfig, model_dir: Path) -> None:
+    """Refuse sequences longer than the model's positions (RoPE past them is untrained, learned ones index out)."""
+    import json
+
+    limit = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    if limit is not None and cfg.data.sequence_length > int(limit):
+        raise TrainerInputError(
+            f"data.sequence_length {cfg.data.sequence_length} exceeds the model's max_position_embeddings {limit} "
+            f"({cfg.model.uri}): lower data.sequence_length to at most {limit}"
+        )
 
 
 def _check_memory_fit(cfg: TrainerConfig, kind: str, parameters: int, env: distributed.DistEnv, device: torch.device) -> None:

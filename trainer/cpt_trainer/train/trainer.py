@@ -258,6 +258,15 @@ class Trainer:
         import json
 
         folder = self.checkpoints.fetch(name)
+        written_by = json.loads((folder / TRAINER_STATE_FILE).read_text()).get("engine")
+        if written_by is not None and written_by != self.engine.kind:
+            # The optimizer state differs in layout (optimizer.pt vs DeepSpeed's engine/ shards):
+            # refused before anything is loaded, rather than failing inside the engine.
+            raise ValueError(
+                f"it was written by engine {written_by}, this run uses engine {self.engine.kind}: set engine.kind "
+                f"{written_by} to resume it, or start a new run with model.uri {folder / 'model'} "
+                f"(weights only; optimizer state and schedule start fresh)"
+            )
         self.engine.load(folder)
         self.mix.load_state_dict(json.loads((folder / DATA_POSITION_FILE).read_text()))
         self.schedule.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))

@@ -1,0 +1,93 @@
+"""Two ranks on CPU over gloo, launched as the PyTorchJob launches them (torch's elastic agent):
+the torch engine with DDP trains, the loss goes down, and a run killed after a checkpoint
+resumes to the weights of an uninterrupted run. (DeepSpeed is refused on CPU: see engines.py.)"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TOTAL, INTERVAL = 40, 5
+ENGINES = {"torch-ddp": {"kind": "torch"}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config: Path, tmp_path: Path, log) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "--no-python", "cpt-trainer", "train", "--config", str(config)]
+    cmd[cmd.index("cpt-trainer")] = str(Path(sys.executable).with_name("cpt-trainer"))
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _config(make_config, name: str, ck: Path, engine: dict) -> Path:
+    return make_config(
+        name,
+        batch={"micro_batch_size": 2, "global_batch_size": 8, "total_steps": TOTAL},
+        engine={"device": "cpu", "compile": False, "precision": "fp32", **engine},
+        eval={"interval": 20, "max_batches": 1},
+        checkpoint={"interval": INTERVAL, "uri": str(ck)},
+    )
+
+
+def _final(ck: Path) -> Path:
+    return ck / f"step-{TOTAL:08d}"
+
+
+def _run(config: Path, tmp_path: Path, name: str) -> str:
+    with open(tmp_path / f"{name}.log", "wb") as log:
+        rc = _launch(config, tmp_path, log).wait(timeout=500)
+    text = (tmp_path / f"{name}.log").read_text(errors="replace")
+    assert rc == 0, text[-3000:]
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_two_ranks_train_and_a_killed_run_resumes_to_the_same_weights(make_config, tmp_path, engine):
+    ck_a, ck_b = tmp_path / "ck-a", tmp_path / "ck-b"
+    _run(_config(make_config, "a.json", ck_a, ENGINES[engine]), tmp_path, "a")
+    state = json.loads((_final(ck_a) / "trainer_state.json").read_text())
+    assert state.get("engine") == ENGINES[engine]["kind"]
+    first = json.loads((ck_a / f"step-{INTERVAL:08d}" / "metrics.json").read_text())["train_loss"]
+    last = json.loads((_final(ck_a) / "metrics.json").read_text())["train_loss"]
+    assert last < first, (first, last)
+
+    cfg_b = _config(make_config, "b.json", ck_b, ENGINES[engine])
+    with open(tmp_path / "b1.log", "wb") as log:
+        proc = _launch(cfg_b, tmp_path, log)
+        deadline = time.monotonic() + 400
+        while not (ck_b / f"step-{INTERVAL:08d}" / "COMPLETE").exists():
+            assert proc.poll() is None, (tmp_path / "b1.log").read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "no first checkpoint"
+            time.sleep(0.05)
+        ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "train" in c.cmdline()]
+        assert len(ranks) == 2, [c.cmdline() for c in ranks]
+        ranks[-1].send_signal(signal.SIGKILL)  # one rank dies mid-run; the agent stops the other
+        assert proc.wait(timeout=120) != 0
+        psutil.wait_procs(ranks, timeout=120)
+    complete = sorted(p.name for p in ck_b.glob("step-*") if (p / "COMPLETE").exists())
+    assert complete and complete[-1] != _final(ck_b).name, "killed mid-run, not after the end"
+    text = _run(cfg_b, tmp_path, "b2")
+    assert f"resuming from checkpoint {complete[-1]}" in text
+    # Same data, order, RNG and reduction order on the same ranks: the weights agree to float
+    # rounding (gloo's all-reduce sums in a fixed order, so this is tight).
+    a = load_file(str(_final(ck_a) / "model" / "model.safetensors"))
+    b = load_file(str(_final(ck_b) / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-5), key
