@@ -46,3 +46,13 @@ def test_schedule_state_resumes_at_the_same_update():
     b = LRSchedule(optim, T)
     b.load_state_dict(a.state_dict())
     assert b.next_lr() == a.next_lr() == lr_at(138, optim, T)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_a_one_update_run_with_warmup_trains_at_the_peak_not_the_floor(schedule):
+    optim = OptimConfig(learning_rate=PEAK, min_learning_rate=FLOOR, schedule=schedule, warmup_fraction=0.1)
+    assert warmup_steps(optim, 1) == 1
+    assert lr_at(1, optim, 1) == pytest.approx(PEAK)
+    # Two updates: warmup ends at the peak, the decays reach the floor on the last one.
+    assert lr_at(1, optim, 2) == pytest.approx(PEAK)
+    assert lr_at(2, optim, 2) == pytest.approx(PEAK if schedule == "constant" else FLOOR)

@@ -1,6 +1,8 @@
 """CPT learning-rate schedules (DESIGN section 1): re-warmup, then cosine to a floor, WSD, or constant.
 
-Updates are numbered n = 1..T (T = total_steps); W = round(warmup_fraction * T).
+Updates are numbered n = 1..T (T = total_steps); W = round(warmup_fraction * T), at least 1
+when warmup_fraction > 0 (else a short run, e.g. T = 1 with 10 % warmup, would have W = 0 and
+spend its only update at min_lr; with W >= 1 the first update after warmup is at the peak).
 - warmup (all schedules), n <= W:   lr = peak * n / W
 - cosine, n > W:   lr = min + (peak - min) * 0.5 * (1 + cos(pi * (n - W) / (T - W)))
 - wsd:     lr = peak until n > T - D (D = max(1, round(decay_fraction * T))), then linear
@@ -17,7 +19,8 @@ from cpt_trainer.contract.config import OptimConfig
 
 
 def warmup_steps(optim: OptimConfig, total_steps: int) -> int:
-    return int(round(optim.warmup_fraction * total_steps))
+    warm = int(round(optim.warmup_fraction * total_steps))
+    return max(warm, 1) if optim.warmup_fraction > 0 else warm
 
 
 def lr_at(update: int, optim: OptimConfig, total_steps: int) -> float:
