@@ -50,6 +50,18 @@ class StepStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def format_eta(seconds: float | None) -> str:
+    """`1h02m`, `3m05s`, `42s`; `?` when unknown."""
+    if seconds is None:
+        return "?"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _eval_from_dict(data: dict | None) -> EvalResult | None:
     if not data:
         return None
@@ -97,6 +109,7 @@ class Trainer:
         self.tokens_per_step = cfg.batch.global_batch_size * cfg.data.sequence_length
         self.step = 0
         self.tokens_seen = 0
+        self._progress_from: tuple[int, float] | None = None  # (step, perf_counter) when this process began training
         self.baseline: EvalResult | None = None
         self.last_eval: EvalResult | None = None
         self.last_stats: StepStats | None = None
@@ -138,10 +151,22 @@ class Trainer:
         utilisation = mfu(stats.tokens_per_second, self.flops_per_token, self.peak_flops, self.dist.world_size)
         self.metrics.record_step(self.step, loss, lr, stats.tokens_per_second, utilisation)
         self.metrics.add_tokens(self.tokens_per_step)
+        if self._progress_from is None:
+            self._progress_from = (self.step - 1, start)
         if self.dist.is_main and (self.step == 1 or self.step % 10 == 0 or self.step == self.total_steps):
-            logger.info("step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f mfu %.3f",
-                        self.step, self.total_steps, loss, lr, stats.grad_norm, stats.tokens_per_second, utilisation)
+            logger.info("step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f mfu %.3f tokens seen %d eta %s",
+                        self.step, self.total_steps, loss, lr, stats.grad_norm, stats.tokens_per_second, utilisation,
+                        self.tokens_seen, format_eta(self.eta_seconds()))
         return stats
+
+    def eta_seconds(self) -> float | None:
+        """Remaining steps x this process's mean wall time per step so far (evaluations and saves
+        included, so the estimate holds for the run as it goes); None before the first step."""
+        if self._progress_from is None or self.step <= self._progress_from[0]:
+            return None
+        first_step, began = self._progress_from
+        per_step = (time.perf_counter() - began) / (self.step - first_step)
+        return per_step * (self.total_steps - self.step)
 
     # ------------------------------------------------------------------ evaluation
 
