@@ -267,8 +267,9 @@ def _extend(cfg, model, tok_dir, tokenizer, corpora, general_specs, cache, env):
                 if len(samples) >= _SAMPLE_DOCS:
                     break
     report = extend_vocabulary(model, tokenizer, cfg.tokenizer_extension.tokens, samples)
-    extension = {"added": report.added, "old_vocab_size": report.old_vocab_size, "new_vocab_size": report.new_vocab_size,
-                 "chars_per_token_before": report.chars_per_token_before, "chars_per_token_after": report.chars_per_token_after}
+    # Lands in every checkpoint's metrics.json: token counts before/after on the domain eval
+    # sample and `warning` (set when the extension did not reduce the domain token count).
+    extension = report.to_dict()
     if not report.added:
         return corpora, general_specs, extension
     out = cache / "retokenized"
