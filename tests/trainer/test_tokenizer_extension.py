@@ -28,6 +28,18 @@ def big_tokenizer_dir(tmp_path_factory):
     return out
 
 
+def _proposed(tokenizer_dir, texts, limit):
+    """The words curation proposes for these texts (the list a tenant copies into the CPTRun)."""
+    from cpt_trainer.contract.config import TokenizerAnalysisConfig
+    from cpt_trainer.curate.tokenization import CorpusTokenizer, TokenizerSample, analyse
+
+    sample = TokenizerSample(1.0)
+    for text in texts:
+        sample.add(text, 0)
+    cfg = TokenizerAnalysisConfig(min_frequency=2, min_pieces=2, extension_size=limit)
+    return analyse(TokenizerSample.merged([sample.to_dict()]), CorpusTokenizer(str(tokenizer_dir), "test"), cfg)["proposed_extension"]
+
+
 def _load(folder):
     from transformers import AutoTokenizer
 
@@ -36,12 +48,11 @@ def _load(folder):
 
 def test_500_legal_words_cut_held_out_tokens_and_round_trip(big_tokenizer_dir):
     from cpt_trainer.shipped_text import legal_documents
-    from cpt_trainer.train.tokenizer_extension import rank_candidates
 
     tok = _load(big_tokenizer_dir)
     legal = legal_documents(limit=600)
     fit, held = legal[0::2], legal[1::2]  # candidates from one half, measured on the other
-    words = rank_candidates(tok, fit, 500)
+    words = _proposed(big_tokenizer_dir, fit, 500)
     model = build_tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     report = extend_vocabulary(model, tok, words, held)
     assert len(report.added) >= 450
@@ -97,7 +108,7 @@ def test_chars_per_token_counts_characters_over_tokens(fresh_tokenizer):
     assert chars_per_token(fresh_tokenizer, [text]) == pytest.approx(len(text) / n)
 
 
-def test_training_with_an_extension_retokenizes_the_corpora(make_config, tmp_path, tokenizer, texts):
+def test_training_with_an_extension_retokenizes_the_corpora(make_config, tmp_path, tokenizer, texts, model_dir):
     import json
 
     import numpy as np
@@ -105,9 +116,7 @@ def test_training_with_an_extension_retokenizes_the_corpora(make_config, tmp_pat
     from cpt_trainer.contract.config import TrainerConfig, load_config
     from cpt_trainer.train.main import prepare
 
-    from cpt_trainer.train.tokenizer_extension import rank_candidates
-
-    words = rank_candidates(tokenizer, texts["legal"], 2)  # the two that save the most tokens mid-text
+    words = _proposed(model_dir, texts["legal"], 2)  # the two that save the most tokens mid-text
     path = make_config(tokenizer_extension={"tokens": words}, batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 3})
     run = prepare(load_config(path, TrainerConfig))
     try:

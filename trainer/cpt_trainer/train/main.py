@@ -29,7 +29,7 @@ from cpt_trainer.train.errors import TrainerInputError
 from cpt_trainer.train.evaluation import Evaluator, PerplexitySet, eval_sequences
 from cpt_trainer.train.flops import device_peak_flops, flops_per_token
 from cpt_trainer.train.metrics_exporter import TrainerMetrics
-from cpt_trainer.train.model_loading import check_model_folder, count_parameters, load_model, load_tokenizer, model_shape
+from cpt_trainer.train.model_loading import check_model_folder, count_parameters, load_model, load_tokenizer, model_shape, read_model_config
 from cpt_trainer.train.retokenize import retokenize_corpus
 from cpt_trainer.train.s3_staging import stage
 from cpt_trainer.train.shards import Manifest, TokenStream, check_matches_tokenizer, read_manifest, split_documents
@@ -236,9 +236,7 @@ def _general_eval_inputs(cfg: TrainerConfig, corpora: list[CorpusData], cache: P
 
 def _check_sequence_length(cfg: TrainerConfig, model_dir: Path) -> None:
     """Refuse sequences longer than the model's positions (RoPE past them is untrained, learned ones index out)."""
-    import json
-
-    limit = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    limit = read_model_config(model_dir).get("max_position_embeddings")
     if limit is not None and cfg.data.sequence_length > int(limit):
         raise TrainerInputError(
             f"data.sequence_length {cfg.data.sequence_length} exceeds the model's max_position_embeddings {limit} "

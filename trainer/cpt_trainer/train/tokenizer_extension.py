@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 logger = logging.getLogger(__name__)
-
-_WORD = re.compile(r"[^\W\d_]{4,}")  # candidate words: letters only, 4+ (as curation proposes them)
-
 
 @dataclass(frozen=True)
 class ExtensionReport:
@@ -75,20 +70,6 @@ def in_context_pieces(tokenizer, words: Sequence[str]) -> list[list[int]]:
     return tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"] if words else []
 
 
-def rank_candidates(tokenizer, texts: Sequence[str], limit: int, min_count: int = 2) -> list[str]:
-    """Up to `limit` words of `texts`, most tokens saved first: count × (pieces of " word" − 1).
-
-    Words are split as in running text, so a word that is one token after a space is never
-    proposed, however it splits alone."""
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(_WORD.findall(text))
-    words = sorted(w for w, c in counts.items() if c >= min_count)
-    saved = {w: counts[w] * (len(ids) - 1) for w, ids in zip(words, in_context_pieces(tokenizer, words))}
-    ranked = sorted((w for w in words if saved[w] > 0), key=lambda w: (-saved[w], w))
-    return ranked[:limit]
-
-
 def extend_vocabulary(model, tokenizer, tokens: Sequence[str], sample_texts: Sequence[str] = ()) -> ExtensionReport:
     """Add `tokens` to `tokenizer` (in place) as they appear in running text; grow `model`'s embeddings.
 
@@ -97,8 +78,7 @@ def extend_vocabulary(model, tokenizer, tokens: Sequence[str], sample_texts: Seq
     chars = sum(len(t) for t in sample_texts)
     tokens_before = count_tokens(tokenizer, sample_texts)
     old_size = len(tokenizer)
-    wanted = [t.strip() for t in dict.fromkeys(tokens) if t and t.strip()]
-    wanted = list(dict.fromkeys(wanted))
+    wanted = list(dict.fromkeys(t.strip() for t in tokens if t and t.strip()))
     old_pieces = dict(zip(wanted, in_context_pieces(tokenizer, wanted)))
     new = [w for w in wanted if len(old_pieces[w]) > 1]
     pieces_added: list[str] = []
@@ -132,8 +112,10 @@ def extend_vocabulary(model, tokenizer, tokens: Sequence[str], sample_texts: Seq
 
 
 def _is_bpe(tokenizer) -> bool:
+    from tokenizers.models import BPE
+
     backend = getattr(tokenizer, "_tokenizer", None)
-    return backend is not None and json.loads(backend.to_str())["model"]["type"] == "BPE"
+    return backend is not None and isinstance(backend.model, BPE)
 
 
 def _model_form(backend, word: str) -> str | None:

@@ -283,7 +283,8 @@ class Trainer:
         import json
 
         folder = self.checkpoints.fetch(name)
-        written_by = json.loads((folder / TRAINER_STATE_FILE).read_text()).get("engine")
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+        written_by = state.get("engine")
         if written_by is not None and written_by != self.engine.kind:
             # The optimizer state differs in layout (optimizer.pt vs DeepSpeed's engine/ shards):
             # refused before anything is loaded, rather than failing inside the engine.
@@ -295,7 +296,7 @@ class Trainer:
         self.engine.load(folder)
         self.mix.load_state_dict(json.loads((folder / DATA_POSITION_FILE).read_text()))
         self.schedule.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
-        self.load_state_dict(json.loads((folder / TRAINER_STATE_FILE).read_text()))
+        self.load_state_dict(state)
         rng_file = folder / RNG_DIR / f"rank-{self.dist.rank:05d}.pt"
         if rng_file.is_file():
             restore_rng_state(rng_file)  # plain data only (weights_only); an unloadable file is a warning
