@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cpt_trainer.contract.task_file import TaskFileError, read_task_file
 
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.common import describe_location, overlap
@@ -261,6 +264,29 @@ def output_problems(resources: list[Resource]) -> list[str]:
     return problems
 
 
+def benchmark_problems(run: Resource, pvc_root: str) -> list[str]:
+    """lmEvalHarness task files that are visible here (local paths, PVC folders under an existing
+    `pvc_root` as in local mode) and cannot be used: missing, unreadable, or rows off the schema.
+    S3 task files and PVCs of a cluster are checked by the trainer before the model loads."""
+    spec: CPTRunSpec = run.spec  # type: ignore[assignment]
+    problems = []
+    for g in spec.evaluation.general_evals:
+        loc = g.task_file
+        if g.kind != "lmEvalHarness" or loc is None:
+            continue
+        if loc.local is not None:
+            path = Path(loc.local.path)
+        elif loc.pvc is not None and Path(pvc_root).is_dir():
+            path = Path(pvc_root) / loc.pvc.claim_name / loc.pvc.path
+        else:
+            continue
+        try:
+            read_task_file(path, f"spec.evaluation.generalEvals {g.name}", g.limit)
+        except TaskFileError as exc:
+            problems.append(f"CPTRun {run.namespace}/{run.name}: {exc}")
+    return problems
+
+
 def run_warnings(spec: CPTRunSpec, steps: int, policy: CheckpointPolicySpec | None) -> list[str]:
     """What still works but probably is not what was meant, naming the field."""
     out = []
@@ -305,7 +331,7 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
     problems = reference_problems(resources) + output_problems(resources)
     runs = [r for r in resources if r.kind == "CPTRun"]
     for run in runs:
-        problems += _pool_problems(run, settings)
+        problems += _pool_problems(run, settings) + benchmark_problems(run, settings.pvc_mount_root)
     for corpus in (r for r in resources if r.kind == "Corpus"):
         problems += _curation_problems(corpus, settings)
     if problems:

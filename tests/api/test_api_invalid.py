@@ -78,6 +78,10 @@ CASES = [
     ("bad-run-name", "CPTRun", _set("metadata.name", "Llama_Run"), "metadata.name"),
     ("missing-total-tokens", "CPTRun", _delete("spec.training.totalTokens"), "spec.training.totalTokens"),
     ("perplexity-eval-without-corpus", "CPTRun", _delete("spec.evaluation.generalEvals.0.corpus"), "spec.evaluation.generalEvals[0].corpus"),
+    ("benchmark-without-task-file", "CPTRun", _both(_set("spec.evaluation.generalEvals.0.kind", "lmEvalHarness"), _delete("spec.evaluation.generalEvals.0.corpus")), "spec.evaluation.generalEvals[0].taskFile"),  # noqa: E501
+    ("benchmark-with-a-corpus", "CPTRun", _both(_set("spec.evaluation.generalEvals.0.kind", "lmEvalHarness"), _set("spec.evaluation.generalEvals.0.taskFile", {"local": {"path": "/data/task.jsonl"}})), "spec.evaluation.generalEvals[0].corpus"),  # noqa: E501
+    ("benchmark-limit-below-ten", "CPTRun", _set("spec.evaluation.generalEvals.0.limit", 5), "spec.evaluation.generalEvals[0].limit"),
+    ("negative-standard-errors", "CPTRun", _set("spec.evaluation.minStandardErrors", -1), "spec.evaluation.minStandardErrors"),
     ("two-storage-backends", "CheckpointPolicy", _set("spec.storage.pvc", PVC), "spec.storage"),
     ("no-storage-backend", "CheckpointPolicy", _set("spec.storage", {}), "spec.storage"),
     ("keep-last-zero", "CheckpointPolicy", _set("spec.keepLastN", 0), "spec.keepLastN"),

@@ -198,3 +198,28 @@ def test_plan_refuses_what_the_operator_refuses_a_priority_class_and_a_curation_
     text = str(err.value)
     assert "priorityClassName 'system-node-critical'" in text
     assert f"Corpus {corpus.namespace}/{corpus.name}" in text and "parallelism" in text
+
+
+def _with_benchmark(tmp_path, task_path: Path) -> Path:
+    return write_legal(tmp_path, {"evaluation": {"generalEvals": [
+        {"name": "cloze", "kind": "lmEvalHarness", "taskFile": {"local": {"path": str(task_path)}}, "limit": 10},
+    ]}}, name=f"bench-{task_path.name}")  # fmt: skip
+
+
+def test_plan_refuses_a_benchmark_whose_task_file_is_missing_naming_the_eval(tmp_path):
+    result = cpt("plan", str(_with_benchmark(tmp_path, tmp_path / "absent.jsonl")), "--no-objects")
+    assert result.returncode == 2, result.stderr
+    assert "spec.evaluation.generalEvals cloze: task file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_refuses_a_task_file_off_the_schema_and_accepts_a_good_one(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "a"}) + "\n")
+    result = cpt("plan", str(_with_benchmark(tmp_path, bad)), "--no-objects")
+    assert result.returncode == 2
+    assert "row 0" in result.stderr and "multiple_choice schema" in result.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"question": f"q{i}", "choices": ["a", "b"], "answer": i % 2}) + "\n" for i in range(12)))
+    result = cpt("plan", str(_with_benchmark(tmp_path, good)), "--no-objects")
+    assert result.returncode == 0, result.stderr

@@ -123,3 +123,46 @@ def moto_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def general_base_model(tmp_path_factory, model_dir, corpora) -> Path:
+    """The tiny Llama after a short pretraining on the general corpus's train split: a base model
+    that knows general text (the random one scores chance on any benchmark)."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cpt_trainer.train.shards import TokenStream, read_manifest
+
+    out = tmp_path_factory.mktemp("general-base")
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    stream = TokenStream(read_manifest(corpora["general"]), "train")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    length, batch = 64, 16
+    for _ in range(300):
+        starts = rng.integers(0, len(stream) - length, size=batch)
+        ids = torch.from_numpy(np.stack([stream.read(int(s), length) for s in starts]).astype(np.int64))
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cloze_task(tmp_path_factory, texts) -> Path:
+    """A multiple-choice cloze task file from general passages the models never trained on."""
+    from cpt_trainer.cloze_task import cloze_items, write_task_file
+    from cpt_trainer.shipped_text import general_documents
+
+    items = cloze_items(general_documents()[300:420], texts["legal"], count=80)
+    assert len(items) >= 60
+    return write_task_file(items, tmp_path_factory.mktemp("cloze") / "cloze.jsonl")

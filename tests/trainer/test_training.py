@@ -53,8 +53,11 @@ def _value(samples, name, **labels):
     return samples[key]
 
 
-def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_config):
-    run = _run(make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 6}))
+def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_config, corpora, cloze_task):
+    general = [{"name": "general", "uri": str(corpora["general"])},
+               {"name": "cloze", "kind": "lm_eval", "uri": str(cloze_task), "limit": 20}]  # fmt: skip
+    run = _run(make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 6},
+                           eval={"interval": 3, "max_batches": 2, "general": general}))  # fmt: skip
     trainer = run.trainer
     try:
         port = run.metrics.port
@@ -87,6 +90,8 @@ def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_co
         assert _value(second, name) != _value(first, name), name
     assert _value(second, "cpt_general_score", eval="general") != _value(first, "cpt_general_score", eval="general")
     assert _value(second, "cpt_tokens_per_second") > 0
+    assert 0 <= _value(second, "cpt_general_score", eval="cloze") <= 1
+    assert _value(second, "cpt_general_score_stderr", eval="cloze") > 0
     assert _value(second, "cpt_mfu_ratio") == 0  # CPU: no known peak
 
 

@@ -158,13 +158,29 @@ class GeneralEvalSpec(APIModel):
     """A general benchmark watched for forgetting."""
 
     name: Name = Field(description="Name of the evaluation (a metric label).")
-    kind: Literal["perplexity", "lmEvalHarness"] = Field("perplexity", description="perplexity of a Corpus's eval split, or an lm-evaluation-harness task.")  # noqa: E501
+    kind: Literal["perplexity", "lmEvalHarness"] = Field(
+        "perplexity",
+        description="perplexity of a Corpus's eval split (lower is better), or a multiple-choice benchmark scored by "
+        "lm-evaluation-harness (accuracy, higher is better).",
+    )
     corpus: Name | None = Field(None, description="perplexity: a Corpus of this namespace whose eval split is scored.")
-    task: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$", description="lmEvalHarness: the task name; its data must be on local disk.")  # noqa: E501
+    task_file: Location | None = Field(
+        None,
+        description="lmEvalHarness: the task data, a .jsonl or .parquet file or a folder holding exactly one, staged like "
+        "a corpus (never fetched from a hub). Rows follow taskSchema.",
+    )
+    task_schema: Literal["multipleChoice"] = Field(
+        "multipleChoice",
+        description="lmEvalHarness: multipleChoice rows are {question: string, choices: [string, ...], answer: index "
+        "of the right choice}.",
+    )
+    limit: int = Field(200, ge=10, le=100_000, description="lmEvalHarness: the first `limit` items, the same subset at every evaluation.")
 
     cel_rules = (
         CEL("self.kind != 'perplexity' || has(self.corpus)", "corpus is required for a perplexity eval", ".corpus"),
-        CEL("self.kind != 'lmEvalHarness' || has(self.task)", "task is required for an lmEvalHarness eval", ".task"),
+        CEL("self.kind != 'lmEvalHarness' || has(self.taskFile)", "taskFile is required for an lmEvalHarness eval", ".taskFile"),
+        CEL("self.kind != 'perplexity' || !has(self.taskFile)", "taskFile applies to lmEvalHarness evals only", ".taskFile"),
+        CEL("self.kind != 'lmEvalHarness' || !has(self.corpus)", "corpus applies to perplexity evals only", ".corpus"),
     )
 
 
@@ -177,6 +193,11 @@ class EvaluationSpec(APIModel):
         default_factory=list, max_length=16, description="General benchmarks; empty: perplexity on the replay corpora's eval splits."
     )
     forgetting_threshold: float = Field(0.03, gt=0.0, lt=1.0, description="Relative general regression that counts as forgetting (0.03 = 3 %).")
+    min_standard_errors: float = Field(
+        1.0, ge=0.0, le=10.0,
+        description="lmEvalHarness evals: a drop counts only when it also exceeds this many standard errors of the "
+        "difference from the baseline (sqrt(se^2 + se_baseline^2)); 0: the threshold alone.",
+    )  # fmt: skip
     patience: int = Field(3, ge=1, le=100, description="Consecutive evaluations over the threshold before acting.")
     action: Literal["Halt", "Warn"] = Field("Halt", description="Halt: suspend the job and keep the best checkpoint; Warn: condition and Event only.")
 

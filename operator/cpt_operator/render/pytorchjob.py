@@ -67,6 +67,7 @@ def run_locations(inputs: RunInputs) -> list[Location | StorageLocation | None]:
         spec.base_model.location,
         spec.base_model.tokenizer,
         *(inputs.corpora[c].output for c in referenced_corpora(spec) if c in inputs.corpora),
+        *(g.task_file for g in spec.evaluation.general_evals),
         inputs.policy.storage,
     ]
 

@@ -73,15 +73,13 @@ def render_trainer_config(
         return outputs.get(corpus_name) or location_uri(corpora[corpus_name].output, pvc_root)
 
     t = spec.training
-    general = [
-        GeneralEval(
-            name=g.name,
-            kind="perplexity" if g.kind == "perplexity" else "lm_eval",
-            uri=corpus_uri(g.corpus) if g.corpus else None,
-            task=g.task,
-        )
-        for g in spec.evaluation.general_evals
-    ]
+    def general_eval(g) -> GeneralEval:
+        if g.kind == "perplexity":
+            return GeneralEval(name=g.name, kind="perplexity", uri=corpus_uri(g.corpus))
+        return GeneralEval(name=g.name, kind="lm_eval", uri=location_uri(g.task_file, pvc_root),
+                           task_schema="multiple_choice", limit=g.limit)  # fmt: skip
+
+    general = [general_eval(g) for g in spec.evaluation.general_evals]
     checkpoint_uri = checkpoint_uri or run_prefix(policy.storage, namespace, name, pvc_root, uid)
     return TrainerConfig(
         identity=RunIdentity(namespace=namespace, name=name, uid=uid),
@@ -128,6 +126,7 @@ def render_trainer_config(
             max_batches=spec.evaluation.max_batches,
             general=general,
             forgetting_threshold=spec.evaluation.forgetting_threshold,
+            min_standard_errors=spec.evaluation.min_standard_errors,
             patience=spec.evaluation.patience,
         ),
         checkpoint=CheckpointConfig(
@@ -136,7 +135,8 @@ def render_trainer_config(
             retain_file=f"{RETAIN_DIR}/{RETAIN_FILE_NAME}" if policy.storage.pvc is not None else None,
         ),
         metrics=MetricsConfig(port=spec.trainer.metrics_port),
-        s3=_s3_settings(policy.storage, spec.base_model.location, *(corpora[c.name].output for c in spec.corpora)),
+        s3=_s3_settings(policy.storage, spec.base_model.location, *(corpora[c.name].output for c in spec.corpora),
+                        *(g.task_file for g in spec.evaluation.general_evals)),
     )
 
 

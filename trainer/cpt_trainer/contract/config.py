@@ -289,8 +289,14 @@ class EngineConfig(_Strict):
 class GeneralEval(_Strict):
     name: str
     kind: Literal["perplexity", "lm_eval"] = "perplexity"
-    uri: str | None = Field(None, description="perplexity: a Corpus output whose eval split is scored.")
-    task: str | None = Field(None, description="lm_eval: task name, its data present on local disk.")
+    uri: str = Field(
+        description="perplexity: a Corpus output whose eval split is scored; lm_eval: the task file (.jsonl or "
+        ".parquet) or a folder holding exactly one (local path or s3://), never a hub."
+    )
+    task_schema: Literal["multiple_choice"] = Field(
+        "multiple_choice", description="lm_eval: rows are {question: str, choices: [str, ...], answer: index of the right choice}."
+    )
+    limit: int = Field(200, ge=10, le=100_000, description="lm_eval: the first `limit` items, the same subset at every evaluation.")
 
 
 class EvalConfig(_Strict):
@@ -298,6 +304,11 @@ class EvalConfig(_Strict):
     max_batches: int = Field(50, ge=1)
     general: list[GeneralEval] = Field(default_factory=list, description="Empty: the replay corpora's eval splits.")
     forgetting_threshold: float = Field(0.03, gt=0.0, lt=1.0)
+    min_standard_errors: float = Field(
+        1.0, ge=0.0, le=10.0,
+        description="A benchmark (accuracy) regression counts only when its drop also exceeds this many standard "
+        "errors of the difference (sqrt(se^2 + se_baseline^2)); 0: the threshold alone.",
+    )
     patience: int = Field(3, ge=1)
 
 

@@ -31,7 +31,12 @@ TOKENS_PER_SECOND = MetricSpec("cpt_tokens_per_second", "gauge", "Training throu
 MFU = MetricSpec("cpt_mfu_ratio", "gauge", "Model FLOPs utilisation (0-1) against the device's dense peak.")
 DOMAIN_PERPLEXITY = MetricSpec("cpt_domain_perplexity", "gauge", "Perplexity on the domain held-out split at the last evaluation.")
 GENERAL_SCORE = MetricSpec(
-    "cpt_general_score", "gauge", "General benchmark score at the last evaluation (perplexity: lower is better).", RUN_LABELS + ("eval",)
+    "cpt_general_score", "gauge",
+    "General score at the last evaluation (perplexity: lower is better; benchmark accuracy 0-1: higher is better).",
+    RUN_LABELS + ("eval",),
+)
+GENERAL_SCORE_STDERR = MetricSpec(
+    "cpt_general_score_stderr", "gauge", "Standard error of a benchmark's accuracy at the last evaluation.", RUN_LABELS + ("eval",)
 )
 BASELINE_GENERAL_SCORE = MetricSpec(
     "cpt_baseline_general_score", "gauge", "General score of the base model, measured before the first update.", RUN_LABELS + ("eval",)
@@ -73,6 +78,7 @@ TRAINER_METRICS: tuple[MetricSpec, ...] = (
     MFU,
     DOMAIN_PERPLEXITY,
     GENERAL_SCORE,
+    GENERAL_SCORE_STDERR,
     BASELINE_GENERAL_SCORE,
     GENERAL_REGRESSION,
     EVAL_STEP,

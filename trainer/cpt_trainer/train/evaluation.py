@@ -2,23 +2,26 @@
 
 Perplexity = exp(mean next-token loss) over the first `max_batches` micro-batches of
 fixed-length chunks of a corpus's eval split (the same sequences every time). The default
-general score is each replay corpus's eval perplexity (lower is better); lm-evaluation-harness
-tasks (accuracy, higher is better) run only when `lm_eval` is installed and their data is on
-local disk. Regression of one general eval = (score - baseline) / baseline when lower is
-better, (baseline - score) / baseline when higher is better; the run's is the worst one.
+general score is each replay corpus's eval perplexity (lower is better); a configured
+benchmark (`benchmarks.py`, accuracy through lm-evaluation-harness, higher is better) is
+scored with its standard error. Regression of one general eval = (score - baseline) /
+baseline when lower is better, (baseline - score) / baseline when higher is better; the run's
+is the worst one. The stderr rule: a benchmark's drop that is not larger than
+`min_standard_errors` x sqrt(se^2 + se_baseline^2) is indistinguishable from noise and counts
+as 0 (an improvement keeps its negative value), so one noisy point never crosses the threshold.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from cpt_trainer.train.benchmarks import Benchmark, LogitsFn
 from cpt_trainer.train.distributed import DistEnv, all_reduce_sum
 from cpt_trainer.train.shards import TokenStream
 
@@ -74,13 +77,16 @@ class EvalResult:
     domain_perplexity: float | None
     general: dict[str, float] = field(default_factory=dict)
     higher_is_better: dict[str, bool] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)  # benchmarks only
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "domain_perplexity": self.domain_perplexity, "general": dict(self.general)}
+        return {"step": self.step, "domain_perplexity": self.domain_perplexity, "general": dict(self.general),
+                "stderr": dict(self.stderr)}
 
 
-def general_regression(result: EvalResult, baseline: EvalResult | None) -> float | None:
-    """Worst relative regression of the general evals against the baseline (None: nothing to compare)."""
+def general_regression(result: EvalResult, baseline: EvalResult | None, min_standard_errors: float = 0.0) -> float | None:
+    """Worst relative regression of the general evals against the baseline (None: nothing to
+    compare), with the stderr rule of the module docstring for evals that report a stderr."""
     if baseline is None:
         return None
     worst = None
@@ -88,7 +94,13 @@ def general_regression(result: EvalResult, baseline: EvalResult | None) -> float
         base = baseline.general.get(name)
         if base is None or base == 0 or not math.isfinite(score):
             continue
-        value = (base - score) / base if result.higher_is_better.get(name) else (score - base) / base
+        drop = base - score if result.higher_is_better.get(name) else score - base
+        value = drop / base
+        se, se_base = result.stderr.get(name), baseline.stderr.get(name)
+        if value > 0 and min_standard_errors > 0 and se is not None and se_base is not None:
+            noise = math.sqrt(se**2 + se_base**2) if math.isfinite(se) and math.isfinite(se_base) else math.inf
+            if drop <= min_standard_errors * noise:
+                value = 0.0
         worst = value if worst is None else max(worst, value)
     return worst
 
@@ -100,30 +112,21 @@ class Evaluator:
         self,
         domain: Sequence[PerplexitySet],
         general: Sequence[PerplexitySet],
-        lm_eval_tasks: Sequence[tuple[str, str]],
+        benchmarks: Sequence[Benchmark],
         micro_batch: int,
         dist: DistEnv,
         device: torch.device,
+        max_length: int = 2048,
     ):
         self.domain = list(domain)
         self.general = list(general)
-        self.lm_eval_tasks = list(lm_eval_tasks)
+        self.benchmarks = list(benchmarks)
         self.micro_batch = micro_batch
         self.dist = dist
         self.device = device
-        self._lm_eval_available = self._check_lm_eval()
+        self.max_length = max_length
 
-    def _check_lm_eval(self) -> bool:
-        if not self.lm_eval_tasks:
-            return False
-        try:
-            import lm_eval  # noqa: F401
-        except ImportError:
-            logger.info("lm_eval is not installed: skipping general evals %s", [n for n, _ in self.lm_eval_tasks])
-            return False
-        return True
-
-    def evaluate(self, step: int, loss_fn: LossFn, model=None, tokenizer=None) -> EvalResult:
+    def evaluate(self, step: int, loss_fn: LossFn, logits_fn: LogitsFn | None = None, tokenizer=None) -> EvalResult:
         result = EvalResult(step=step, domain_perplexity=None)
         if self.domain:
             loss, count = 0.0, 0.0
@@ -135,28 +138,12 @@ class Evaluator:
             part_loss, part_count = loss_sum(loss_fn, s.sequences, self.micro_batch, self.dist, self.device)
             result.general[s.name] = math.exp(part_loss / part_count)
             result.higher_is_better[s.name] = False
-        if self._lm_eval_available and model is not None:
-            for name, task in self.lm_eval_tasks:
-                score = run_lm_eval_task(model, tokenizer, task, self.micro_batch)
-                if score is not None:
-                    result.general[name] = score
-                    result.higher_is_better[name] = True
+        for b in self.benchmarks:
+            if logits_fn is None or tokenizer is None:
+                raise ValueError(f"benchmark {b.name} needs the model's logits and the tokenizer")
+            score = b.score(logits_fn, tokenizer, self.device, self.max_length)
+            result.general[b.name] = score.accuracy
+            result.higher_is_better[b.name] = True
+            result.stderr[b.name] = score.stderr
         return result
 
-
-def run_lm_eval_task(model, tokenizer, task: str, batch_size: int) -> float | None:
-    """Accuracy of one lm-evaluation-harness task whose data is on local disk (offline); None if it cannot run."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-
-        out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=[task])
-        metrics = out["results"][task]
-        for key in ("acc_norm,none", "acc,none", "exact_match,none"):
-            if key in metrics:
-                return float(metrics[key])
-        logger.info("lm_eval task %s reported no accuracy metric: skipped", task)
-    except Exception as exc:  # noqa: BLE001 - a missing local dataset must not stop training
-        logger.info("lm_eval task %s cannot run (%s): skipped", task, exc)
-    return None

@@ -21,6 +21,7 @@ import torch
 from cpt_trainer.contract.config import TrainerConfig, load_config
 from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
 from cpt_trainer.train import distributed
+from cpt_trainer.train.benchmarks import Benchmark, load_benchmark
 from cpt_trainer.train.checkpointing import CheckpointManager
 from cpt_trainer.train.data_mixing import MixedSequenceStream, MixSource
 from cpt_trainer.train.deepspeed_config import gradient_accumulation_steps
@@ -152,6 +153,7 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
     corpora = [CorpusData(c.name, c.role, c.weight, _load_corpus(c.uri, c.name, cache, cfg, tokenizer)) for c in cfg.data.corpora]
     _check_roles(cfg, corpora)
     general_specs = _general_eval_inputs(cfg, corpora, cache, tokenizer)
+    benchmarks = _benchmarks(cfg, cache, env)
     parameters = count_parameters(model_dir)
     _check_sequence_length(cfg, model_dir)
     kind = choose_engine_kind(cfg, device, parameters)
@@ -185,8 +187,7 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
         general_sets = [PerplexitySet(n, eval_sequences(TokenStream(m, "eval"), L, limit)) for n, m in general_specs]
     except ValueError as exc:
         raise TrainerInputError(str(exc)) from None
-    lm_tasks = [(g.name, g.task) for g in cfg.eval.general if g.kind == "lm_eval" and g.task]
-    evaluator = Evaluator(domain_sets, general_sets, lm_tasks, cfg.batch.micro_batch_size, env, device)
+    evaluator = Evaluator(domain_sets, general_sets, benchmarks, cfg.batch.micro_batch_size, env, device, L)
     checkpoints = CheckpointManager(cfg.checkpoint, cfg.s3, cache, env, cfg.batch.total_steps)
     metrics = TrainerMetrics(cfg.identity)
     if env.is_main:
@@ -223,15 +224,23 @@ def _general_eval_inputs(cfg: TrainerConfig, corpora: list[CorpusData], cache: P
     specs = []
     for g in cfg.eval.general:
         if g.kind == "perplexity":
-            if not g.uri:
-                raise TrainerInputError(f"eval.general {g.name}: kind perplexity needs a uri")
             manifest = _load_corpus(g.uri, f"general-{g.name}", cache, cfg, tokenizer)
             if manifest.tokens("eval") == 0:
                 raise TrainerInputError(f"eval.general {g.name}: {g.uri} has no eval split")
             specs.append((g.name, manifest))
-        elif not g.task:
-            raise TrainerInputError(f"eval.general {g.name}: kind lm_eval needs a task")
     return specs
+
+
+def _benchmarks(cfg: TrainerConfig, cache: Path, env: distributed.DistEnv) -> list[Benchmark]:
+    """The lm_eval general evals, their task files staged and checked before the model loads."""
+    out = []
+    for g in cfg.eval.general:
+        if g.kind != "lm_eval":
+            continue
+        folder = _cache_subfolder(cache / "benchmarks", g.name, "eval name")
+        path = stage(g.uri, folder / "staged", cfg.s3, f"eval.general {g.name}: task file")
+        out.append(load_benchmark(g.name, path, g.limit, folder / f"task-rank-{env.rank:05d}"))
+    return out
 
 
 def _check_sequence_length(cfg: TrainerConfig, model_dir: Path) -> None:

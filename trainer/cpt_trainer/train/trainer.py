@@ -66,7 +66,8 @@ def _eval_from_dict(data: dict | None) -> EvalResult | None:
     if not data:
         return None
     return EvalResult(step=int(data["step"]), domain_perplexity=data.get("domain_perplexity"),
-                      general=dict(data.get("general", {})), higher_is_better=dict(data.get("higher_is_better", {})))
+                      general=dict(data.get("general", {})), higher_is_better=dict(data.get("higher_is_better", {})),
+                      stderr=dict(data.get("stderr", {})))
 
 
 def _eval_to_dict(result: EvalResult | None) -> dict | None:
@@ -171,13 +172,14 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> EvalResult:
-        result = self.evaluator.evaluate(self.step, self.engine.eval_loss, self.engine.model, self.tokenizer)
+        result = self.evaluator.evaluate(self.step, self.engine.eval_loss, self._eval_logits, self.tokenizer)
         if self.baseline is None:
             self.baseline = result
             logger.info("baseline (step %d): domain perplexity %s, general %s", self.step, result.domain_perplexity, result.general)
         self.last_eval = result
-        regression = general_regression(result, self.baseline)
-        self.metrics.record_eval(self.step, result.domain_perplexity, result.general, self.baseline.general, regression)
+        regression = self.regression(result)
+        self.metrics.record_eval(self.step, result.domain_perplexity, result.general, self.baseline.general, regression,
+                                 result.stderr)
         if self.dist.is_main:
             logger.info("eval step %d: domain perplexity %s, general %s, regression %s",
                         self.step, result.domain_perplexity, result.general, regression)
@@ -185,6 +187,22 @@ class Trainer:
                 logger.warning("general regression %.4f exceeds the forgetting threshold %.4f",
                                regression, self.cfg.eval.forgetting_threshold)
         return result
+
+    def regression(self, result: EvalResult | None) -> float | None:
+        """The run's general regression at `result`, with the config's stderr rule."""
+        if result is None:
+            return None
+        return general_regression(result, self.baseline, self.cfg.eval.min_standard_errors)
+
+    @torch.no_grad()
+    def _eval_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the (unwrapped) model in eval mode, for benchmarks."""
+        model = self.engine.model
+        model.eval()
+        try:
+            return model(input_ids=input_ids, use_cache=False).logits
+        finally:
+            model.train()
 
     def should_evaluate(self) -> bool:
         # Every checkpoint carries its own evaluation, so checkpoint steps are evaluated too.
@@ -225,9 +243,12 @@ class Trainer:
             "eval_step": evaluated.step if evaluated else None,
             "domain_perplexity": evaluated.domain_perplexity if evaluated else None,
             "general_scores": dict(evaluated.general) if evaluated else {},
+            "general_stderr": dict(evaluated.stderr) if evaluated else {},
+            "general_higher_is_better": dict(evaluated.higher_is_better) if evaluated else {},
             "baseline_domain_perplexity": self.baseline.domain_perplexity if self.baseline else None,
             "baseline_general_scores": dict(self.baseline.general) if self.baseline else {},
-            "general_regression": general_regression(evaluated, self.baseline) if evaluated else None,
+            "general_regression": self.regression(evaluated),
+            "min_standard_errors": self.cfg.eval.min_standard_errors,
             "forgetting_threshold": self.cfg.eval.forgetting_threshold,
             **({"tokenizer_extension": self.extension_report} if self.extension_report else {}),
         }
@@ -306,7 +327,7 @@ class Trainer:
         if self.baseline is not None:
             last = self.last_eval or self.baseline
             self.metrics.record_eval(last.step, last.domain_perplexity, last.general, self.baseline.general,
-                                     general_regression(last, self.baseline))
+                                     self.regression(last), last.stderr)
         logger.info("resuming from checkpoint %s (step %d, %d tokens seen)", name, self.step, self.tokens_seen)
 
     # ------------------------------------------------------------------ the run
