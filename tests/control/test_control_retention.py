@@ -31,7 +31,7 @@ def reference_keep(ckpts, policy, threshold, base):
     def value(c):
         if policy.best_metric == "composite":
             return policy.weight_domain * (base - c.domain_perplexity) / base - policy.weight_general * max(0.0, c.general_regression)
-        return -(c.domain_perplexity if policy.best_metric == "domainPerplexity" else c.general_score)
+        return -(c.domain_perplexity if policy.best_metric == "domainPerplexity" else c.general_regression)
     eligible = [c for c in ckpts if c.general_regression <= threshold]
     ranked = sorted(eligible, key=lambda c: (-value(c), c.step))
     keep |= {c.step for c in ranked[: policy.keep_best_k]}
@@ -169,3 +169,13 @@ def test_local_store_rotation(tmp_path):
     assert [c.step for c in store.list_complete()] == [1000]
     with pytest.raises(DeletionRefused):
         store.delete(str(tmp_path / "ns" / "other" / step_dir_name(500)))
+
+
+def test_general_score_ranking_keeps_the_most_accurate_checkpoint_of_a_benchmark_run():
+    # Accuracy is higher-is-better: the regression (direction-aware) ranks, never the raw score.
+    accurate = EvaluatedCheckpoint(500, "s3://b/p/a", 9.0, 0.80, -0.01)
+    worse = EvaluatedCheckpoint(1000, "s3://b/p/b", 9.0, 0.77, 0.02)
+    newest = EvaluatedCheckpoint(1500, "s3://b/p/c", 9.0, 0.60, 0.25)
+    policy = RetentionPolicy(keep_last_n=1, keep_best_k=1, best_metric="generalScore")
+    decision = select_checkpoints_to_keep([accurate, worse, newest], policy, THRESHOLD, BASE_PPL)
+    assert decision.best == 500 and 1000 in decision.delete, decision

@@ -229,3 +229,10 @@ def test_local_locations_only_below_the_roots_the_platform_allows(path: str, all
     run["baseModel"]["location"] = {"local": {"path": path}}
     assert (checks.check_local_paths(checks.run_local_locations(CPTRunSpec.model_validate(run)), settings) is None) == allowed
     assert checks.check_local_paths(checks.run_local_locations(CPTRunSpec.model_validate(run)), OperatorSettings()) is not None
+    bench = copy.deepcopy(example("minimal", "ns")["CPTRun/docs-cpt"]["spec"])
+    bench.setdefault("evaluation", {})["generalEvals"] = [
+        {"name": "cloze", "kind": "lmEvalHarness", "taskFile": {"local": {"path": path}}}]  # fmt: skip
+    refusal = checks.check_local_paths(checks.run_local_locations(CPTRunSpec.model_validate(bench)), settings)
+    assert (refusal is None) == allowed, refusal
+    if not allowed:
+        assert "spec.evaluation.generalEvals[0].taskFile.local.path" in refusal.message

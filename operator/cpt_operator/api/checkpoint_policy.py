@@ -27,7 +27,7 @@ class CheckpointPolicySpec(APIModel):
     keep_last_n: int = Field(2, ge=1, le=1000, description="Keep the newest N checkpoints.")
     keep_best_k: int = Field(1, ge=0, le=1000, description="Keep the best K checkpoints by bestMetric.")
     best_metric: Literal["composite", "domainPerplexity", "generalScore"] = Field(
-        "composite", description="What ranks checkpoints: the composite score, domain perplexity or general score."
+        "composite", description="What ranks checkpoints: the composite score, domain perplexity or general score (ranked by the general regression against the baseline, so perplexities and accuracies rank alike)."
     )
     milestone_interval: int = Field(0, ge=0, le=10_000_000, description="Also keep every checkpoint whose step is a multiple of this; 0 disables.")  # noqa: E501
     composite_weights: CompositeWeights = Field(default_factory=CompositeWeights, description="Composite score weights.")

@@ -114,7 +114,8 @@ def corpus_locations(spec: CorpusSpec) -> list[tuple[str, Any]]:
 
 
 def run_local_locations(spec: CPTRunSpec) -> list[tuple[str, Any]]:
-    return [("spec.baseModel.location", spec.base_model.location), ("spec.baseModel.tokenizer", spec.base_model.tokenizer)]
+    return [("spec.baseModel.location", spec.base_model.location), ("spec.baseModel.tokenizer", spec.base_model.tokenizer),
+            *((f"spec.evaluation.generalEvals[{i}].taskFile", g.task_file) for i, g in enumerate(spec.evaluation.general_evals))]
 
 
 def check_curation(spec: CorpusSpec, namespace: str, settings: OperatorSettings) -> tuple[NodePool | None, Refusal | None]:

@@ -8,6 +8,9 @@ eligible checkpoint is the run's result and is always kept.
 Scores: perplexities are lower-is-better; the composite score is higher-is-better:
     composite = w_domain x (ppl_domain_base - ppl_domain) / ppl_domain_base
               - w_general x max(0, general_regression)
+`generalScore` ranks by the general regression (lower is better): it is direction-aware and
+relative to the baseline, so perplexities (lower is better) and benchmark accuracies (higher is
+better) rank alike; a raw score could not be compared across the two.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def ranking_value(ckpt: EvaluatedCheckpoint, baseline_domain_perplexity: float |
     """A value where higher is better, for the policy's metric."""
     if policy.best_metric == "composite":
         return composite_score(ckpt, baseline_domain_perplexity, policy)
-    value = ckpt.domain_perplexity if policy.best_metric == "domainPerplexity" else ckpt.general_score
+    value = ckpt.domain_perplexity if policy.best_metric == "domainPerplexity" else ckpt.general_regression
     return None if value is None else -value
 
 
