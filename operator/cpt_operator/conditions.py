@@ -29,6 +29,9 @@ FAILED = "Failed"
 """The run or curation failed (terminal for this generation)."""
 READY = "Ready"
 """Corpus: curated and tokenized; CPTRuns may train on it."""
+EVALUATION_UNAVAILABLE = "EvaluationUnavailable"
+"""A configured general eval (a benchmark's task file, lm-evaluation-harness) cannot run: the
+trainer stopped before training, naming the eval (CPTRun; set only when True)."""
 
 RUN_CONDITION_TYPES = (ACCEPTED, DEPENDENCIES_READY, CREATED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
 CORPUS_CONDITION_TYPES = (ACCEPTED, READY, FAILED)
@@ -66,6 +69,8 @@ WAITING_FOR_ADMISSION = "WaitingForQueueAdmission"
 NOT_SUSPENDED = "NotSuspended"
 JOB_SUCCEEDED = "JobSucceeded"
 JOB_FAILED = "JobFailed"
+# EvaluationUnavailable
+BENCHMARK_CANNOT_RUN = "BenchmarkCannotRun"
 NOT_FINISHED = "NotFinished"
 # Corpus
 CURATION_PENDING = "CurationPending"

@@ -167,7 +167,12 @@ def test_a_task_file_that_cannot_be_used_is_refused_naming_the_eval(make_config,
     task = tmp_path / "task.jsonl"
     if content is not None:
         task.write_text(content, encoding="utf-8")
-    path = make_config(eval={"general": [{"name": "mmlu-mini", "kind": "lm_eval", "uri": str(task)}]})
+    report = tmp_path / "termination-log"
+    path = make_config(eval={"general": [{"name": "mmlu-mini", "kind": "lm_eval", "uri": str(task)}]},
+                       termination_message_path=str(report))  # fmt: skip
     with pytest.raises(TrainerInputError) as err:
         prepare(load_config(path, TrainerConfig))
     assert "eval.general mmlu-mini" in str(err.value) and message in str(err.value)
+    # What the operator reads from the pod's termination message (EvaluationUnavailable).
+    written = json.loads(report.read_text())
+    assert written == {"reason": "EvaluationUnavailable", "eval": "mmlu-mini", "message": str(err.value)}

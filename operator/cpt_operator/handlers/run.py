@@ -21,9 +21,12 @@ from cpt_operator.decide.checks import Refusal
 from cpt_operator.decide.run import (
     RunDecision, RunFacts, decide_checkpoint_deletion, decide_run, run_status,
 )  # fmt: skip
+from cpt_operator.conditions import conditions_with
 from cpt_operator.decide.run_phase import JobView
+from cpt_operator.decide.trainer_report import unavailable_from_pods
 from cpt_operator.handlers.common import NotOwned, check_secret, ensure_object, retry_later, write_status
 from cpt_operator.handlers.context import OperatorContext, context_of
+from cpt_operator.handlers.control import run_pod_selector
 from cpt_operator.handlers.deletion import ClusterCheckpointDeleter
 from cpt_operator.handlers.indexes import first, run_dependencies
 from cpt_operator.handlers.job_control import control_job
@@ -63,11 +66,25 @@ async def reconcile_run(
         # Nothing reports when the tenant removes its object: re-checked later (bounded, doubling delay).
         raise retry_later(ctx, Refusal(c.OBJECT_NOT_OWNED, decision.message_of(c.ACCEPTED)), retry)
     desired = run_status(facts, decision, view, decision.halted)
+    if desired["phase"] == "Failed" and not c.is_true(desired.get("conditions"), c.EVALUATION_UNAVAILABLE):
+        await report_unavailable_evaluation(ctx, facts, desired)
     if desired["phase"] == "Suspended" and not decision.halted and not decision.tenant_suspend:
         # Suspended by no one this body knows of: the forgetting monitor, after this event was sent.
         if await halted_meanwhile(ctx, namespace, name):
             desired = run_status(facts, decision, view, True)
     write_status(patch, current, desired)
+
+
+async def report_unavailable_evaluation(ctx: OperatorContext, f: RunFacts, desired: dict[str, Any]) -> None:
+    """EvaluationUnavailable from the master pod's termination message, when the trainer wrote one."""
+    pods = await ctx.kube.list(kube.PODS, f.namespace, run_pod_selector(f.name, f.uid))
+    found = unavailable_from_pods(pods)
+    if found is None:
+        return
+    eval_name, message = found
+    update = (c.EVALUATION_UNAVAILABLE, True, c.BENCHMARK_CANNOT_RUN,
+              f"spec.evaluation.generalEvals {eval_name} cannot run: {message}")  # fmt: skip
+    desired["conditions"] = conditions_with(desired["conditions"], [update], f.generation, f.now)
 
 
 class SecretMissing(Exception):

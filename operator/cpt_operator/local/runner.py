@@ -100,6 +100,7 @@ class LocalRunner:
         spec: CorpusSpec = corpus.spec  # type: ignore[assignment]
         config = render_curation_config(corpus.namespace, corpus.name, spec, pvc_root=str(self.pvc_root))
         run_dir = self.workdir / "corpora" / corpus.namespace / corpus.name
+        config.termination_message_path = str(run_dir / "termination-log")  # not the host's /dev
         _say(f"curating Corpus {corpus.name} -> {config.output_uri}")
         started = time.time()
         job = self.executor.start(f"corpus/{corpus.namespace}/{corpus.name}", "curate", config, run_dir)
@@ -216,6 +217,7 @@ class LocalRunner:
         config.metrics.port = port
         config.checkpoint.retain_file = None  # local mode deletes directly: the volume is this machine's disk
         run_dir = self.workdir / "runs" / run.namespace / run.name
+        config.termination_message_path = str(run_dir / "termination-log")  # not the host's /dev
         state_path = run_dir / STATE_FILE
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         status: dict[str, Any] = state.get("status") or {"phase": "Pending"}

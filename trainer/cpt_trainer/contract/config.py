@@ -339,6 +339,11 @@ class TrainerConfig(_Strict):
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     s3: S3Settings = Field(default_factory=S3Settings)
+    termination_message_path: str = Field(
+        "/dev/termination-log",
+        description="Where rank 0 writes a small JSON report when a configured evaluation cannot run "
+        "({reason: EvaluationUnavailable, eval, message}); the operator reads it from the pod's termination message.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> "TrainerConfig":

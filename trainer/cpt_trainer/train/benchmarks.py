@@ -44,20 +44,32 @@ class BenchmarkScore:
     items: int
 
 
+class BenchmarkUnavailable(TrainerInputError):
+    """A configured benchmark that cannot run; the operator shows it as EvaluationUnavailable."""
+
+    def __init__(self, eval_name: str, message: str):
+        super().__init__(message)
+        self.eval_name = eval_name
+
+    def report(self) -> dict:
+        """The termination message the operator reads (`decide/trainer_report.py`)."""
+        return {"reason": "EvaluationUnavailable", "eval": self.eval_name, "message": str(self)}
+
+
 def read_task_file(path: Path, eval_name: str, limit: int) -> list[ChoiceItem]:
-    """The checked items of a task file (see `cpt_trainer.contract.task_file`), as TrainerInputError."""
+    """The checked items of a task file (see `cpt_trainer.contract.task_file`)."""
     try:
         return task_file.read_task_file(path, f"eval.general {eval_name}", limit)
     except task_file.TaskFileError as exc:
-        raise TrainerInputError(str(exc)) from None
+        raise BenchmarkUnavailable(eval_name, str(exc)) from None
 
 
 def require_lm_eval(eval_name: str) -> None:
     try:
         import lm_eval.evaluator  # noqa: F401
     except ImportError:
-        raise TrainerInputError(
-            f"eval.general {eval_name}: lm-evaluation-harness (lm_eval) is not installed in the trainer image"
+        raise BenchmarkUnavailable(
+            eval_name, f"eval.general {eval_name}: lm-evaluation-harness (lm_eval) is not installed in the trainer image"
         ) from None
 
 
@@ -143,4 +155,4 @@ def load_benchmark(name: str, path: Path, limit: int, work_dir: Path) -> Benchma
     try:
         return Benchmark(name, items, work_dir)
     except Exception as exc:  # noqa: BLE001 - the harness refusing the task is the tenant's to fix
-        raise TrainerInputError(f"eval.general {name}: lm-evaluation-harness cannot build the task: {exc}") from None
+        raise BenchmarkUnavailable(name, f"eval.general {name}: lm-evaluation-harness cannot build the task: {exc}") from None

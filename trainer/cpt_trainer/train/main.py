@@ -9,6 +9,7 @@ Exit codes: 0 done (or stopped on SIGTERM with a checkpoint), 2 invalid config o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,8 @@ import torch
 from cpt_trainer.contract.config import TrainerConfig, load_config
 from cpt_trainer.local_paths import PathOutsideFolder, resolve_inside
 from cpt_trainer.train import distributed
-from cpt_trainer.train.benchmarks import Benchmark, load_benchmark
+from cpt_trainer.curate.status import write_termination_message
+from cpt_trainer.train.benchmarks import Benchmark, BenchmarkUnavailable, load_benchmark
 from cpt_trainer.train.checkpointing import CheckpointManager
 from cpt_trainer.train.data_mixing import MixedSequenceStream, MixSource
 from cpt_trainer.train.deepspeed_config import gradient_accumulation_steps
@@ -153,7 +155,12 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
     corpora = [CorpusData(c.name, c.role, c.weight, _load_corpus(c.uri, c.name, cache, cfg, tokenizer)) for c in cfg.data.corpora]
     _check_roles(cfg, corpora)
     general_specs = _general_eval_inputs(cfg, corpora, cache, tokenizer)
-    benchmarks = _benchmarks(cfg, cache, env)
+    try:
+        benchmarks = _benchmarks(cfg, cache, env)
+    except BenchmarkUnavailable as exc:
+        if env.is_main:
+            write_termination_message(cfg.termination_message_path, json.dumps(exc.report()))
+        raise
     parameters = count_parameters(model_dir)
     _check_sequence_length(cfg, model_dir)
     kind = choose_engine_kind(cfg, device, parameters)
@@ -238,7 +245,10 @@ def _benchmarks(cfg: TrainerConfig, cache: Path, env: distributed.DistEnv) -> li
         if g.kind != "lm_eval":
             continue
         folder = _cache_subfolder(cache / "benchmarks", g.name, "eval name")
-        path = stage(g.uri, folder / "staged", cfg.s3, f"eval.general {g.name}: task file")
+        try:
+            path = stage(g.uri, folder / "staged", cfg.s3, f"eval.general {g.name}: task file")
+        except TrainerInputError as exc:
+            raise BenchmarkUnavailable(g.name, str(exc)) from None
         out.append(load_benchmark(g.name, path, g.limit, folder / f"task-rank-{env.rank:05d}"))
     return out
 
