@@ -158,3 +158,43 @@ def test_a_priority_class_renders_only_where_the_pool_allows_it() -> None:
         pool.allowed_priority_classes = ["training-high"]
     pj = _by_kind(render_all(resources, allowing), "PyTorchJob")[0]
     assert pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["priorityClassName"] == "training-high"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_trainer_runs_under_cpt_trainer_launch_with_exit_code_restarts(example: str) -> None:
+    """`cpt-trainer launch` (not torchrun, which exits 1 for every failure) so ExitCode retries
+    signals and preemption (>= 128) and fails config errors (2) at once; the grace period covers the save."""
+    for pj in _by_kind(rendered(example), "PyTorchJob"):
+        for replica in pj["spec"]["pytorchReplicaSpecs"].values():
+            assert replica["restartPolicy"] == "ExitCode"
+            pod = replica["template"]["spec"]
+            command = pod["containers"][0]["command"]
+            assert command[:2] == ["cpt-trainer", "launch"] and "torchrun" not in command
+            cut = command.index("--")
+            assert command[cut + 1:] == ["train", "--config", "/etc/cpt/trainer.json"]
+            options = command[2:cut]
+            shutdown = int(options[options.index("--shutdown-timeout") + 1])
+            assert 30 < shutdown < pod["terminationGracePeriodSeconds"]
+
+
+def test_launch_options_take_the_training_operator_env_like_torchrun(monkeypatch) -> None:
+    """The PET_* variables the training operator sets on a Worker pod reach torch's launcher config."""
+    pytest.importorskip("torch")
+    from cpt_trainer.train.launcher import _torchrun_args, split_argv
+
+    pj = _by_kind(rendered("legal-cpt"), "PyTorchJob")[0]
+    command = pj["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"]
+    env = {"MASTER_ADDR": "legal-cpt-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": "16", "RANK": "1",
+           "PET_MASTER_ADDR": "legal-cpt-master-0", "PET_MASTER_PORT": "23456", "PET_NNODES": "2",
+           "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": pj["spec"]["nprocPerNode"]}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else torch's config_from_args sets it in this process
+    options, rest = split_argv(command[2:])
+    torchrun, args = _torchrun_args(options, rest)
+    config, cmd, cmd_args = torchrun.config_from_args(args)
+    assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 8)
+    assert config.rdzv_backend == "static" and config.rdzv_endpoint == "legal-cpt-master-0:23456"
+    assert config.rdzv_configs["rank"] == 1 and config.max_restarts == 0
+    assert config.shutdown_timeout == int(options[options.index("--shutdown-timeout") + 1])
+    assert list(cmd_args)[-3:] == ["train", "--config", "/etc/cpt/trainer.json"]

@@ -1,6 +1,7 @@
 """Two ranks on CPU over gloo, launched as the PyTorchJob launches them (torch's elastic agent):
-the torch engine with DDP trains, the loss goes down, and a run killed after a checkpoint
-resumes to the weights of an uninterrupted run. (DeepSpeed is refused on CPU: see engines.py.)"""
+each engine (torch with DDP; DeepSpeed ZeRO 1, 2 and 3 on DeepSpeed's CPU accelerator, fp32,
+torch AdamW) trains, the loss goes down, and a run killed after a checkpoint resumes to the
+weights of an uninterrupted run. ZeRO-3's consolidated final model loads and generates."""
 
 import json
 import os
@@ -17,7 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 TOTAL, INTERVAL = 40, 5
-ENGINES = {"torch-ddp": {"kind": "torch"}}
+ENGINES = {
+    "torch-ddp": {"kind": "torch"},
+    "deepspeed-zero1": {"kind": "deepspeed", "zero_stage": 1},
+    "deepspeed-zero2": {"kind": "deepspeed", "zero_stage": 2},
+    "deepspeed-zero3": {"kind": "deepspeed", "zero_stage": 3},
+}
 
 
 def _free_port() -> int:
@@ -85,9 +91,26 @@ def test_two_ranks_train_and_a_killed_run_resumes_to_the_same_weights(make_confi
     text = _run(cfg_b, tmp_path, "b2")
     assert f"resuming from checkpoint {complete[-1]}" in text
     # Same data, order, RNG and reduction order on the same ranks: the weights agree to float
-    # rounding (gloo's all-reduce sums in a fixed order, so this is tight).
+    # rounding (gloo's all-reduce sums in a fixed order, so this is tight). DeepSpeed restores
+    # its fp32 partitions and reduces in fixed buckets: measured bit-identical for ZeRO 1-3
+    # (5.8e-7 with CPU-Adam offload, not run here); 1e-5 leaves room for summation order only.
     a = load_file(str(_final(ck_a) / "model" / "model.safetensors"))
     b = load_file(str(_final(ck_b) / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-5), key
+    if ENGINES[engine].get("zero_stage") == 3:
+        _generates(_final(ck_a) / "model")
+
+
+def _generates(model_dir: Path) -> None:
+    """ZeRO-3 partitions every weight across ranks: the checkpoint's `model/` is the gathered
+    (consolidated) state dict, and must be a whole transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    prompt = tokenizer("The court", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 5, out.shape

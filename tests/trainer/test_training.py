@@ -244,11 +244,6 @@ def test_a_sequence_longer_than_the_models_positions_is_refused(make_config, cap
     _fails(make_config(data={"sequence_length": 257}), capsys, "data.sequence_length 257", "max_position_embeddings 256")
 
 
-def test_deepspeed_on_cpu_is_refused_not_replaced(make_config, capsys):
-    _fails(make_config(engine={"kind": "deepspeed", "device": "cpu", "compile": False, "precision": "fp32"}), capsys,
-           "engine.kind deepspeed runs on GPU only", "set engine.kind torch")
-
-
 def test_resuming_a_checkpoint_of_the_other_engine_names_both_and_the_way_out(make_config, capsys, tmp_path):
     run = _run(make_config())
     try:

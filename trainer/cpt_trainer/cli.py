@@ -1,8 +1,10 @@
-"""`cpt-trainer`: the trainer image's entry point (`train`, `curate`, `init-model`).
+"""`cpt-trainer`: the trainer image's entry point (`train`, `launch`, `curate`, `init-model`).
 
 Subcommands import their heavy modules lazily so `--help` and config errors are fast.
 Exit codes: 0 success, 2 invalid config or input (clear message, no traceback),
-1 anything else.
+1 anything else; `train` exits 143 when it stopped on SIGTERM after a checkpoint, and
+`launch` (train/launcher.py) exits with its ranks' root cause. Under the elastic agent
+(TORCHELASTIC_ERROR_FILE set) a failing subcommand also writes its error file for `launch`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="continued pretraining from a TrainerConfig JSON file")
     train.add_argument("--config", required=True, help="path of the TrainerConfig JSON file")
+    sub.add_parser(
+        "launch", add_help=False,
+        help="run `train` on every rank like torchrun, exiting with the root cause: "
+             "cpt-trainer launch [torchrun options] -- train --config FILE",
+    )  # fmt: skip
     curate = sub.add_parser("curate", help="curate a corpus from a CurationConfig JSON file")
     curate.add_argument("--config", required=True, help="path of the CurationConfig JSON file")
     from cpt_trainer.init_model import add_arguments
@@ -25,8 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:  # its options are torchrun's: parsed by torch's own parser
+        from cpt_trainer.train.launcher import run_launch
+
+        return run_launch(argv[1:])
     args = build_parser().parse_args(argv)
     from cpt_trainer.contract.config import ConfigError
+    from cpt_trainer.train.launcher import record_exception, record_rank_error
 
     try:
         if args.command == "train":
@@ -41,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_curate(args.config)
     except ConfigError as exc:
-        print(f"cpt-trainer {args.command}: {exc}", file=sys.stderr)
+        line = f"cpt-trainer {args.command}: {exc}"
+        print(line, file=sys.stderr, flush=True)
+        record_rank_error(line)
         return 2
+    except BaseException as exc:
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            record_exception(exc)
+        raise
 
 
 if __name__ == "__main__":

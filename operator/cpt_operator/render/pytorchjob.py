@@ -28,9 +28,17 @@ from cpt_operator.settings import NodePool, OperatorSettings
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 # The training operator finds the trainer container by this name.
 CONTAINER_NAME = "pytorch"
-# Retryable failures (signals: preemption, OOM kill) restart the pod up to backoffLimit;
-# exit codes 1-127 (e.g. 2: invalid config) fail the job at once instead of looping.
+# The training operator restarts a pod whose container exited >= 128 (up to backoffLimit)
+# and fails the job at once on 1-127. `cpt-trainer launch` (the container's command, PID 1)
+# exits with its ranks' root cause (docs/trainer.md "Exit codes"): 128+N for a rank killed
+# by signal N (137: OOM kill), 143 on preemption (SIGTERM: the ranks save a checkpoint and
+# stop, the next attempt resumes) -> retried; 2 invalid config or input, 1 crash or CUDA OOM
+# -> permanent, no loop. (torchrun itself would exit 1 for all of these: never retried.)
 RESTART_POLICY = "ExitCode"
+# After SIGTERM the launcher gives the ranks this long to finish the step and save, then
+# SIGKILLs them; the pod's grace period covers it, or the kubelet would kill the save.
+SHUTDOWN_TIMEOUT_S = 300
+TERMINATION_GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
 # When the job ends (failed or succeeded), delete the pods that still run, so no master
 # or worker keeps holding GPUs; finished pods stay for `kubectl logs` (they hold no GPUs).
 CLEAN_POD_POLICY = "Running"
@@ -130,9 +138,14 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
                 "name": CONTAINER_NAME,
                 "image": trainer_image(spec, settings),
                 "imagePullPolicy": "IfNotPresent",
-                # torchrun reads nodes, rank, master and nprocPerNode from the PET_* variables
-                # the training operator sets, and starts one trainer process per GPU.
-                "command": ["torchrun", "--no-python", "cpt-trainer", "train", "--config", f"{CONFIG_DIR}/{TRAINER_CONFIG_KEY}"],
+                # `cpt-trainer launch` is torchrun in-process (torch's parser and elastic agent):
+                # it reads nodes, node rank, master address/port and nprocPerNode from the PET_*
+                # variables the training operator sets, starts one trainer process per GPU,
+                # and exits with the root cause (see RESTART_POLICY).
+                "command": [
+                    "cpt-trainer", "launch", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S),
+                    "--", "train", "--config", f"{CONFIG_DIR}/{TRAINER_CONFIG_KEY}",
+                ],
                 "env": [
                     *scratch_env(),
                     {"name": "CPT_RUN_NAMESPACE", "value": inputs.namespace},
@@ -150,6 +163,7 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
             }
         ],
         "volumes": volumes,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_S,
     }
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name

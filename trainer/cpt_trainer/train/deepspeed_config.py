@@ -1,9 +1,11 @@
 """The DeepSpeed config, generated from the run's TrainerConfig (never hand-written by tenants).
 
 The trainer drives the LR itself (the same `LRSchedule` as the plain PyTorch path), so the
-config names no scheduler. Without offload the optimizer is the client's fused
-torch AdamW; with CPU offload DeepSpeed's own CPU Adam must run the update, so the config
-names an AdamW optimizer for DeepSpeed to build.
+config names no scheduler. Without offload the optimizer is the client's torch AdamW (fused
+on GPU); with CPU offload DeepSpeed's own CPU Adam must run the update, so the config
+names an AdamW optimizer for DeepSpeed to build (DeepSpeed JIT-compiles that op: a C++
+compiler in the image). The same config runs on CPU (DeepSpeed's CPU accelerator, gloo):
+there the engine asks for fp32, since bf16 is a GPU precision in this trainer.
 """
 
 from __future__ import annotations

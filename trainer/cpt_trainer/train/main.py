@@ -3,8 +3,9 @@
 Order: config -> model/tokenizer folders (staged from S3 if needed) -> corpus manifests
 against the tokenizer -> engine choice and a memory-fit check -> (only then) load the
 model, extend the vocabulary, build the engine, resume or take the baseline, train.
-Exit codes: 0 done (or stopped on SIGTERM with a checkpoint), 2 invalid config or input
-(raised as ConfigError / TrainerInputError, one line), 1 out of memory (one line) or a crash.
+Exit codes: 0 done, 143 (128 + SIGTERM) stopped on SIGTERM after a checkpoint (retryable: the
+next attempt resumes), 2 invalid config or input (raised as ConfigError / TrainerInputError, one
+line), 1 out of memory (one line) or a crash; `cpt-trainer launch` turns them into the pod's code.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _SAMPLE_DOCS = 200  # domain eval documents used to report chars/token around an
 
 def run_train(config_path: str) -> int:
     """Entry point of `cpt-trainer train`; see the module docstring for exit codes."""
+    from cpt_trainer.train.launcher import record_rank_error  # the error file `cpt-trainer launch` reads
     cfg = load_config(config_path, TrainerConfig)
     env = distributed.read_dist_env()
     _setup_logging(cfg, env)
@@ -53,6 +55,7 @@ def run_train(config_path: str) -> int:
         run = prepare(cfg, env)
     except torch.OutOfMemoryError as exc:
         logger.error("out of memory while loading the model: %s", str(exc).splitlines()[0])
+        record_rank_error(f"out of memory while loading the model: {str(exc).splitlines()[0]}")
         return 1
     stop = {"requested": False}
 
@@ -64,16 +67,23 @@ def run_train(config_path: str) -> int:
     try:
         outcome = run.trainer.train(lambda: stop["requested"])
     except torch.OutOfMemoryError as exc:
-        logger.error(
-            "out of memory in training (micro_batch_size %d, sequence_length %d): lower micro_batch_size, "
-            "raise engine.zero_stage or enable engine.gradient_checkpointing: %s",
-            cfg.batch.micro_batch_size, cfg.data.sequence_length, str(exc).splitlines()[0],
+        message = (
+            f"out of memory in training (micro_batch_size {cfg.batch.micro_batch_size}, sequence_length "
+            f"{cfg.data.sequence_length}): lower micro_batch_size, raise engine.zero_stage or enable "
+            f"engine.gradient_checkpointing: {str(exc).splitlines()[0]}"
         )
+        logger.error("%s", message)
+        record_rank_error(message)
         return 1
     finally:
         run.close()
     logger.info("training %s at step %d", outcome, run.trainer.step)
-    return 0
+    # Stopped (SIGTERM here, or on another rank: the stop is agreed across ranks) with a
+    # checkpoint: 128 + SIGTERM, so ExitCode restart policies retry and the next attempt resumes.
+    if outcome == "completed":
+        return 0
+    record_rank_error(f"stopped on SIGTERM at step {run.trainer.step} after a checkpoint")
+    return 128 + signal.SIGTERM
 
 
 def _setup_logging(cfg: TrainerConfig, env: distributed.DistEnv) -> None:
