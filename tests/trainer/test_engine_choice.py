@@ -70,3 +70,36 @@ def test_deepspeed_on_cpu_runs_as_one_plain_process(make_config, tmp_path):
     state = json.loads((ck / "step-00000004" / "trainer_state.json").read_text())
     assert state["engine"] == "deepspeed"
     assert (ck / "step-00000004" / "COMPLETE").is_file()
+
+
+def _tiny_torch_engine(compile_: bool):
+    from cpt_trainer.tinymodel import build_tiny_llama
+    from cpt_trainer.train.distributed import DistEnv
+    from cpt_trainer.train.engines import TorchEngine
+
+    model = build_tiny_llama(64, None, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    cfg = _cfg(kind="torch", device="cpu", compile=compile_, precision="fp32")
+    return TorchEngine(model, cfg, DistEnv(), torch.device("cpu"), accumulation=1)
+
+
+def test_torch_engine_on_cpu_honours_compile_and_keeps_the_plain_module_for_eval_and_checkpoints(caplog):
+    # inductor's CPU backend (a C++ compiler is on this machine): compiled, no fallback WARNING;
+    # eval and save use `engine.model`, whose keys carry no `_orig_mod.` prefix.
+    with caplog.at_level("WARNING", logger="cpt_trainer.train.engines"):
+        engine = _tiny_torch_engine(compile_=True)
+    assert isinstance(engine.train_module, torch._dynamo.eval_frame.OptimizedModule)
+    assert engine.train_module._orig_mod is engine.model
+    assert not any(k.startswith("_orig_mod.") for k in engine.model.state_dict())
+    assert "training eagerly" not in caplog.text
+
+
+def test_torch_engine_without_a_cpp_compiler_trains_eagerly_and_says_why_in_one_line(caplog):
+    from torch._inductor import config as inductor_config
+
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        with caplog.at_level("WARNING", logger="cpt_trainer.train.engines"):
+            engine = _tiny_torch_engine(compile_=True)
+    assert engine.train_module is engine.model
+    lines = [r.getMessage() for r in caplog.records if "training eagerly" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "No working C++ compiler found" in lines[0] and "/nonexistent/c++" in lines[0], lines[0]
