@@ -206,8 +206,15 @@ def _with_benchmark(tmp_path, task_path: Path) -> Path:
     ]}}, name=f"bench-{task_path.name}")  # fmt: skip
 
 
+def _allowing(tmp_path: Path) -> str:
+    """Settings where the platform allows local paths below tmp_path (none are by default)."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"allowed_local_roots": [str(tmp_path)]}))
+    return str(path)
+
+
 def test_plan_refuses_a_benchmark_whose_task_file_is_missing_naming_the_eval(tmp_path):
-    result = cpt("plan", str(_with_benchmark(tmp_path, tmp_path / "absent.jsonl")), "--no-objects")
+    result = cpt("plan", str(_with_benchmark(tmp_path, tmp_path / "absent.jsonl")), "--no-objects", "--settings", _allowing(tmp_path))
     assert result.returncode == 2, result.stderr
     assert "spec.evaluation.generalEvals cloze: task file not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -216,10 +223,15 @@ def test_plan_refuses_a_benchmark_whose_task_file_is_missing_naming_the_eval(tmp
 def test_plan_refuses_a_task_file_off_the_schema_and_accepts_a_good_one(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "a"}) + "\n")
-    result = cpt("plan", str(_with_benchmark(tmp_path, bad)), "--no-objects")
+    result = cpt("plan", str(_with_benchmark(tmp_path, bad)), "--no-objects", "--settings", _allowing(tmp_path))
     assert result.returncode == 2
     assert "row 0" in result.stderr and "multiple_choice schema" in result.stderr
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"question": f"q{i}", "choices": ["a", "b"], "answer": i % 2}) + "\n" for i in range(12)))
-    result = cpt("plan", str(_with_benchmark(tmp_path, good)), "--no-objects")
+    result = cpt("plan", str(_with_benchmark(tmp_path, good)), "--no-objects", "--settings", _allowing(tmp_path))
     assert result.returncode == 0, result.stderr
+    # Without the platform's leave, the same local path is refused (allowedLocalRoots).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cpt("plan", str(_with_benchmark(elsewhere, good)), "--no-objects")
+    assert result.returncode == 2 and "allowedLocalRoots" in result.stderr

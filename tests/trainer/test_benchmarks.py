@@ -37,7 +37,7 @@ def test_the_harness_scores_a_hand_checked_set(tokenizer, tmp_path):
     def logits_fn(input_ids):  # the same preference at every position: a > b > c > everything else
         row = torch.zeros(vocab)
         row[ids[a]], row[ids[b]], row[ids[c]] = 5.0, 3.0, 1.0
-        return row.expand(1, input_ids.shape[1], vocab)
+        return row.expand(input_ids.shape[0], input_ids.shape[1], vocab)
 
     rows = [
         {"question": "one", "choices": [a, b], "answer": 0},  # right: a

@@ -184,6 +184,25 @@ class GeneralEvalSpec(APIModel):
     )
 
 
+class RollbackSpec(APIModel):
+    """How action Rollback corrects a run that forgets."""
+
+    max_attempts: int = Field(2, ge=1, le=10, description="Rollbacks before the run is halted (its best checkpoint kept).")
+    alpha_factor: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Each rollback multiplies the domain fraction (mixing.alpha and every curriculum point) by this: "
+        "more replay.",
+    )  # fmt: skip
+    learning_rate_factor: float = Field(
+        0.5, gt=0.0, le=1.0, description="Each rollback multiplies training.learningRate and minLearningRate by this."
+    )
+
+    cel_rules = (
+        CEL("self.alphaFactor < 1.0 || self.learningRateFactor < 1.0",
+            "a rollback must change something: alphaFactor or learningRateFactor below 1", ".alphaFactor"),  # fmt: skip
+    )
+
+
 class EvaluationSpec(APIModel):
     """Evaluation and the forgetting monitor."""
 
@@ -199,7 +218,13 @@ class EvaluationSpec(APIModel):
         "difference from the baseline (sqrt(se^2 + se_baseline^2)); 0: the threshold alone.",
     )  # fmt: skip
     patience: int = Field(3, ge=1, le=100, description="Consecutive evaluations over the threshold before acting.")
-    action: Literal["Halt", "Warn"] = Field("Halt", description="Halt: suspend the job and keep the best checkpoint; Warn: condition and Event only.")
+    action: Literal["Halt", "Warn", "Rollback"] = Field(
+        "Halt",
+        description="Halt: suspend the job and keep the best checkpoint; Warn: condition and Event only; Rollback: "
+        "restart from the best eligible checkpoint with more replay and a lower learning rate (rollback), at most "
+        "rollback.maxAttempts times, then Halt.",
+    )
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="action Rollback: the correction and its cap.")
 
 
 class TrainerSpec(APIModel):
@@ -235,6 +260,12 @@ class CPTRunSpec(APIModel):
             "self.mixing.alpha == 1.0 || self.corpora.exists(c, c.role == 'replay')",
             "mixing.alpha below 1 needs at least one replay corpus",
             ".mixing.alpha",
+        ),
+        CEL(
+            "self.evaluation.action != 'Rollback' || self.evaluation.rollback.alphaFactor == 1.0 "
+            "|| self.corpora.exists(c, c.role == 'replay')",
+            "a Rollback that raises replay (rollback.alphaFactor below 1) needs at least one replay corpus",
+            ".evaluation.rollback.alphaFactor",
         ),
         CEL(
             "self.training.globalBatchSize % (self.training.microBatchSize * self.resources.nodes * self.resources.gpusPerNode) == 0",
@@ -309,6 +340,7 @@ class CheckpointRecord(StatusModel):
     general_regression: float | None = Field(None, description="Relative general regression at this step.")
     composite_score: float | None = Field(None, description="Composite score (higher is better).")
     kept_for: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=8, description="Why it is kept: newest, lastN, bestK, milestone, best.")
+    attempt: int | None = Field(None, ge=0, description="Rollbacks before the start that wrote it (0: the first start).")
     deleted: bool = Field(False, description="Deleted by the policy.")
 
 
@@ -335,6 +367,22 @@ class CostEstimate(StatusModel):
     flops: float | None = Field(None, ge=0.0, description="Training FLOPs (6 N D).")
     gpu_hours: float | None = Field(None, ge=0.0, description="GPU-hours at the configured achieved TFLOP/s.")
     cost: float | None = Field(None, ge=0.0, description="Cost at the configured price per GPU-hour.")
+
+
+class RollbackRecord(StatusModel):
+    """One rollback of action Rollback."""
+
+    attempt: int = Field(ge=1, description="1 for the first rollback.")
+    from_step: int = Field(ge=0, description="The checkpoint the run restarts from (the best eligible one).")
+    at_step: int | None = Field(None, ge=0, description="The evaluation that crossed the threshold.")
+    regression: float | None = Field(None, description="The general regression then.")
+    alpha: float | None = Field(None, description="mixing.alpha after this rollback.")
+    learning_rate: float | None = Field(None, description="training.learningRate after this rollback.")
+    outcome: Literal["Restarting", "Resumed", "ForgotAgain"] | None = Field(
+        None, description="Restarting: stopping the job to restart it; Resumed: training from fromStep with the new settings; "
+        "ForgotAgain: crossed the threshold again.",
+    )  # fmt: skip
+    at: str | None = Field(None, description="When the rollback was decided (RFC 3339).")
 
 
 class HaltStatus(StatusModel):
@@ -382,6 +430,7 @@ class CPTRunStatus(StatusModel):
     best_checkpoint: BestCheckpoint | None = Field(None, description="The best eligible checkpoint.")
     cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
+    rollbacks: list[RollbackRecord] = Field(default_factory=list, max_length=10, description="action Rollback: every attempt, in order.")
     checkpoint_storage: CheckpointStorageStatus | None = Field(
         None, description="Where the checkpoints are and whether they are deleted with the run, as fixed when the job was created."
     )

@@ -61,6 +61,7 @@ def new_record(step: int, uri: str, metrics: dict[str, Any]) -> dict[str, Any]:
         **({"domainPerplexity": metrics["domain_perplexity"]} if metrics.get("domain_perplexity") is not None else {}),
         **({"generalScore": max(scores.values())} if scores else {}),
         **({"generalRegression": metrics["general_regression"]} if metrics.get("general_regression") is not None else {}),
+        **({"attempt": int(metrics["attempt"])} if isinstance(metrics.get("attempt"), (int, float)) else {}),
         "keptFor": [],
         "deleted": False,
     }

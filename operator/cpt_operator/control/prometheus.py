@@ -104,6 +104,7 @@ class RunMetrics:
     values: dict[str, float] = field(default_factory=dict)
     general_scores: dict[str, float] = field(default_factory=dict)
     baseline_general_scores: dict[str, float] = field(default_factory=dict)
+    general_stderr: dict[str, float] = field(default_factory=dict)  # benchmarks only
     # The newest sample's own timestamp (Prometheus: when it was scraped; a direct scrape: now),
     # never the query's evaluation time, so metricsStaleSeconds measures the data's age.
     newest_timestamp: float | None = None
@@ -135,6 +136,8 @@ def _list_checkpoint(out: RunMetrics, s: Sample) -> None:
         entry["general_regression"] = s.value
     elif s.name == names.CHECKPOINT_GENERAL_SCORE.name:
         entry["general_scores"][s.labels.get("eval", "")] = s.value
+    elif s.name == names.CHECKPOINT_ATTEMPT.name:
+        entry["attempt"] = int(s.value)
     else:
         entry["present"] = s.value == 1
 
@@ -153,6 +156,8 @@ def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
             out.general_scores[s.labels.get("eval", "")] = s.value
         elif name == names.BASELINE_GENERAL_SCORE.name:
             out.baseline_general_scores[s.labels.get("eval", "")] = s.value
+        elif name == names.GENERAL_SCORE_STDERR.name:
+            out.general_stderr[s.labels.get("eval", "")] = s.value
         else:
             out.values[name] = s.value
         if s.timestamp is not None:

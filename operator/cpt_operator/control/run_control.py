@@ -39,6 +39,7 @@ from cpt_operator.control.checkpoint_records import (
 from cpt_operator.control.prometheus import RunMetrics
 from cpt_operator.control.storage import CheckpointStore, DeletionRefused, StorageError, VolumeCheckpointStore, retain_list
 from cpt_operator.decide.forgetting import EvalPoint, decide_forgetting
+from cpt_operator.decide.rollback import RollbackPlan, abandoned, plan_rollback, restarting
 from cpt_operator.decide.retention import (
     EvaluatedCheckpoint,
     RetentionPolicy,
@@ -62,6 +63,8 @@ METRICS_UNAVAILABLE = "MetricsUnavailable"
 METRICS_STALE = "MetricsStale"
 WITHIN_THRESHOLD = "WithinThreshold"
 RESUMED = "ResumedByTenant"
+ROLLING_BACK = "RollingBack"
+"""action Rollback: the run restarts from its best eligible checkpoint with more replay and a lower LR."""
 RESUME_ANNOTATION = "cpt.dev/resume-after-step"
 """Set to the halted step (status.halt.step) to resume a run the forgetting monitor halted."""
 THRESHOLD_EXCEEDED = "ForgettingThresholdExceeded"
@@ -114,6 +117,7 @@ class ControlOutcome:
     deleted: list[str] = field(default_factory=list)
     halt: bool = False
     resumed: bool = False
+    rollback: RollbackPlan | None = None  # stop the job: it restarts with the rollback's settings
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     # For a volume (PVC): the retain list the trainer applies; None leaves the last one in place.
     retain: dict[str, Any] | None = None
@@ -261,6 +265,7 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     conditions = set_condition(conditions, METRICS_AVAILABLE, True, METRICS_FRESH, "metrics are fresh", gen, now_text)
     patch: dict[str, Any] = {"progress": _progress(inputs.spec, m), "metrics": _metrics_status(m, inputs.now, status.get("metrics"))}
 
+    rollbacks = [dict(r) for r in status.get("rollbacks") or []]
     evaluations = _merge_evaluations(list(status.get("evaluations") or []), list(m.recent_evaluations))
     eval_step = m.get(names.EVAL_STEP)
     if eval_step is not None:
@@ -286,6 +291,11 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     if inputs.store is not None:
         try:
             records, listed, baseline_domain = record_listed(inputs.store, previous)
+            # The abandoned branch of a rollback (after its fromStep, written by an earlier
+            # attempt): the trainer removes it when it resumes; never recorded, kept or deleted here.
+            gone = {int(r["step"]) for r in records if abandoned(int(r["step"]), r.get("attempt"), rollbacks)}
+            records = [r for r in records if int(r["step"]) not in gone]
+            listed -= gone
         except StorageError as exc:
             store_ok = False
             conditions = set_condition(conditions, CHECKPOINTS_ROTATED, False, STORAGE_UNAVAILABLE, f"{exc}; retrying", gen, now_text)
@@ -295,6 +305,8 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
         [{"step": r["step"], "domainPerplexity": r.get("domainPerplexity"), "generalRegression": r.get("generalRegression")}
          for r in records if r.get("generalRegression") is not None],
     )  # fmt: skip
+    if restarting(rollbacks):  # the old trainer may still report its branch's evaluations
+        evaluations = [e for e in evaluations if int(e["step"]) <= int(rollbacks[-1]["fromStep"])]
     patch["evaluations"] = evaluations
 
     threshold = inputs.spec.evaluation.forgetting_threshold
@@ -379,7 +391,8 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     )
     # Decided before (its condition, or status.halt if a stale writer dropped the condition):
     # the Event is not posted again.
-    already = any(c["type"] == FORGETTING and c["status"] == "True" for c in conditions) or bool(status.get("halt"))
+    already = any(c["type"] == FORGETTING and c["status"] == "True" and c.get("reason") != ROLLING_BACK for c in conditions) \
+        or bool(status.get("halt"))
     halt_step = (status.get("halt") or {}).get("step")
     if already and resume_after is not None and halt_step is not None and resume_after >= int(halt_step) and not forgetting.exceeded:
         # The tenant resumed explicitly: clear the halt; the monitor watches the evaluations after it.
@@ -390,15 +403,38 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
             patch["phase"] = "Running"
             out.resumed = True
     message = forgetting.message(threshold, inputs.spec.evaluation.patience)
-    if forgetting.exceeded:
-        action = inputs.spec.evaluation.action
+    action = inputs.spec.evaluation.action
+    if restarting(rollbacks):
+        pass  # decided; the job restarts with it (the run's reconcile), then the monitor watches again
+    elif forgetting.exceeded and action == "Rollback" and status.get("phase") != "Halted":
+        if rollbacks and rollbacks[-1].get("outcome") == "Resumed":
+            rollbacks[-1]["outcome"] = "ForgotAgain"
+        plan, why = plan_rollback(inputs.spec, rollbacks, best_step, forgetting.step, forgetting.regression)
+        message = f"{message}; {why}"
+        if plan is not None:
+            conditions = set_condition(conditions, FORGETTING, True, ROLLING_BACK, message, gen, now_text)
+            rollbacks.append(plan.record(now_text))
+            patch["rollbacks"] = rollbacks
+            # What the restart abandons: recorded after fromStep by this attempt.
+            patch["checkpoints"] = [r for r in patch["checkpoints"] if int(r["step"]) <= plan.from_step]
+            patch["evaluations"] = [e for e in evaluations if int(e["step"]) <= plan.from_step]
+            out.rollback = plan
+            out.events.append(("Warning", ROLLING_BACK, truncate_message(message)))
+        else:
+            patch["rollbacks"] = rollbacks
+            conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
+            patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": "Halt"}
+            out.events.append(("Warning", THRESHOLD_EXCEEDED, truncate_message(message)))
+            out.halt = True
+            patch["phase"] = "Halted"
+    elif forgetting.exceeded:
         if best_step is not None:
             message += f"; best eligible checkpoint: step {best_step}"
         conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
         patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": action}
         if not already:
             out.events.append(("Warning", THRESHOLD_EXCEEDED, truncate_message(message)))
-        if action == "Halt" and status.get("phase") != "Halted":
+        if action in ("Halt", "Rollback") and status.get("phase") != "Halted":
             out.halt = True
             patch["phase"] = "Halted"
     elif not already and not out.resumed:

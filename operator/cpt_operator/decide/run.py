@@ -35,6 +35,7 @@ from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.decide.checks import Refusal, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations
 from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.immutable import changed_immutable_fields
+from cpt_operator.decide.rollback import restarting
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
 from cpt_operator.decide.suspend import initial_suspend, kueue_managed
 from cpt_operator.labels import ANNOTATION_CHECKPOINT_URI, ANNOTATION_CONFIG_DIGEST, ANNOTATION_DELETE_WITH_RUN
@@ -239,7 +240,8 @@ def decide_run(f: RunFacts) -> RunDecision:
         policy = CheckpointPolicySpec.model_validate(f.policy["spec"])  # type: ignore[index]
         outputs = {n: b["status"]["outputUri"] for n, b in f.corpora.items() if b and (b.get("status") or {}).get("outputUri")}
         uri = checkpoint_uri(f.status, f.job, policy, f.namespace, f.name, f.uid, f.settings.pvc_mount_root)
-        inputs = RunInputs(f.namespace, f.name, f.uid, run, corpora, policy, outputs, checkpoint_uri=uri)
+        rollbacks = [dict(r) for r in f.status.get("rollbacks") or []]
+        inputs = RunInputs(f.namespace, f.name, f.uid, run, corpora, policy, outputs, checkpoint_uri=uri, rollbacks=rollbacks)
         d.secret = run_credentials(inputs)
     except (ValidationError, ConflictingCredentials) as exc:
         reason = c.CONFLICTING_CREDENTIALS if isinstance(exc, ConflictingCredentials) else c.INVALID_SPEC
@@ -271,7 +273,19 @@ def decide_run(f: RunFacts) -> RunDecision:
     d.patch_config = view.config_digest != digest(config_text)  # a mutable field changed: the next trainer start reads it
     if f.status.get("phase") not in TERMINAL_PHASES:
         d.want_stopped = run.suspend or d.halted
+        if restarting(rollbacks) and not d.halted:
+            # A rollback: stop the job with the new config written, and start it once its pods are
+            # gone (the training operator says Suspended), so every pod reads the rollback's config.
+            if d.patch_config or not (view.suspend and _suspended(view)):
+                d.want_stopped = True
+            else:
+                rollbacks[-1]["outcome"] = "Resumed"
+                d.status["rollbacks"] = rollbacks
     return d
+
+
+def _suspended(view: JobView) -> bool:
+    return any(x.get("type") == "Suspended" and x.get("status") == "True" for x in view.conditions)
 
 
 def run_status(f: RunFacts, d: RunDecision, view: JobView | None, halted: bool) -> dict[str, Any]:

@@ -242,7 +242,7 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
     # The job only after the status: the job's change wakes the run's reconcile, which must
     # already read phase Halted (or Running, on a resume) and so agree with the suspension.
     job_name = status.get("pytorchJobName")
-    if job_name and (out.halt or out.resumed or status.get("phase") == "Halted"):
+    if job_name and (out.halt or out.resumed or out.rollback is not None or status.get("phase") == "Halted"):
         # A halt, a resume, or a halt of an earlier pass whose job write did not land (error,
         # restart): stop or start the job the way whoever admits it supports (under Kueue: its
         # Workload; a suspend alone would be undone by Kueue and keep the quota).
@@ -253,6 +253,11 @@ async def control_run(ctx: OperatorContext, prom: PrometheusClient | None, body:
             if out.halt:
                 HALTS.inc()
                 logger.info("halted CPTRun %s/%s: PyTorchJob %s stopped", namespace, name, job_name)
+            if out.rollback is not None:
+                # The run's reconcile writes the rollback's config and starts the job again
+                # once its pods are gone (decide/run.py).
+                logger.info("rolling back CPTRun %s/%s to step %d: PyTorchJob %s stopped", namespace, name,
+                            out.rollback.from_step, job_name)  # fmt: skip
     for type_, reason, message in out.events:
         await post_event(ctx, body, type_, reason, message)
 

@@ -46,6 +46,30 @@ LOCAL_POOL = "local"
 BOOTSTRAP_FILE = Path("bootstrap") / "base-model.yaml"
 
 
+def record_history(history: dict[str, Any], m: RunMetrics) -> None:
+    """What the report plots beyond status: the training loss and learning rate by step, and
+    every general score (with a benchmark's stderr and the baseline) by evaluation step."""
+    step, loss, lr = m.get(names.STEP), m.get(names.TRAIN_LOSS), m.get(names.LEARNING_RATE)
+    training = history.setdefault("training", [])
+    if step is not None and loss is not None and (not training or training[-1][0] < step):
+        training.append([int(step), loss, lr])
+        if len(training) > 4000:  # a long local run: keep the plot's resolution, not every step
+            training[:] = training[::2]
+    eval_step = m.get(names.EVAL_STEP)
+    evals = history.setdefault("evals", [])
+    if eval_step is not None and m.general_scores and (not evals or evals[-1]["step"] < eval_step):
+        evals.append({"step": int(eval_step), "scores": dict(m.general_scores), "stderr": dict(m.general_stderr),
+                      "baseline": dict(m.baseline_general_scores)})  # fmt: skip
+
+
+def trim_history(history: dict[str, Any], from_step: int, at_step: int | None) -> None:
+    """A rollback: the abandoned branch's points go (training restarts at `from_step`); the
+    rollback itself is kept for the report."""
+    history["training"] = [t for t in history.get("training") or [] if t[0] <= from_step]
+    history["evals"] = [e for e in history.get("evals") or [] if e["step"] <= from_step]
+    history.setdefault("rollbacks", []).append({"from_step": from_step, "at_step": at_step})
+
+
 class LocalRunError(Exception):
     """A local run that cannot go on; the message says why and what to do."""
 
@@ -84,6 +108,7 @@ class LocalRunner:
 
     def load(self) -> list[Resource]:
         resources = load_manifests([self.directory])
+        self.ensure_benchmarks()  # before the plan checks: they read the task files
         try:
             build_plans(resources, self.settings)  # the same reference and pool checks as `cpt plan`
         except PlanError as exc:
@@ -116,6 +141,25 @@ class LocalRunner:
         return {"name": corpus.name, "phase": "Ready", **report}
 
     # ------------------------------------------------------------------ bootstrap
+
+    def ensure_benchmarks(self) -> None:
+        """Write the bootstrap's benchmark task files once: multiple-choice cloze items from the
+        general text that ships with Python against the legal text that ships with the machine
+        (`cpt_trainer.cloze_task`); nothing comes from a hub."""
+        path = self.directory / BOOTSTRAP_FILE
+        if not path.is_file():
+            return
+        cfg = yaml.safe_load(path.read_text()) or {}
+        for name, bench in (cfg.get("benchmarks") or {}).items():
+            out = self.volume(cfg["volume"]) / bench["path"]
+            if out.is_file():
+                continue
+            from cpt_trainer.cloze_task import cloze_items, write_task_file
+            from cpt_trainer.shipped_text import general_documents, legal_documents
+
+            items = cloze_items(general_documents(), legal_documents(limit=2000), count=int(bench["items"]))
+            write_task_file(items, out)
+            _say(f"wrote benchmark {name}: {len(items)} cloze items in {out}")
 
     def ensure_base_model(self, resources: list[Resource]) -> None:
         """Build the base model once (tokenizer, random init, pretraining on general text)."""
@@ -212,15 +256,21 @@ class LocalRunner:
         corpus_names = [c.name for c in spec.corpora] + [g.corpus for g in spec.evaluation.general_evals if g.corpus]
         corpora = {n: by_key[("Corpus", run.namespace, n)].spec for n in corpus_names}
         policy: CheckpointPolicySpec = by_key[("CheckpointPolicy", run.namespace, spec.checkpoint_policy_ref.name)].spec  # type: ignore
-        config = render_trainer_config(run.namespace, run.name, spec, corpora, policy, pvc_root=str(self.pvc_root))  # type: ignore[arg-type]
         port = _free_port()
-        config.metrics.port = port
-        config.checkpoint.retain_file = None  # local mode deletes directly: the volume is this machine's disk
         run_dir = self.workdir / "runs" / run.namespace / run.name
-        config.termination_message_path = str(run_dir / "termination-log")  # not the host's /dev
+
+        def trainer_config(rollbacks: list[dict[str, Any]]) -> TrainerConfig:
+            config = render_trainer_config(run.namespace, run.name, spec, corpora, policy, pvc_root=str(self.pvc_root),  # type: ignore[arg-type]
+                                           rollbacks=rollbacks)  # fmt: skip
+            config.metrics.port = port
+            config.checkpoint.retain_file = None  # local mode deletes directly: the volume is this machine's disk
+            config.termination_message_path = str(run_dir / "termination-log")  # not the host's /dev
+            return config
+
         state_path = run_dir / STATE_FILE
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         status: dict[str, Any] = state.get("status") or {"phase": "Pending"}
+        config = trainer_config(list(status.get("rollbacks") or []))
         if status.get("phase") in ("Succeeded", "Halted"):
             _say(f"CPTRun {run.name} already {status['phase']}; remove {run_dir} to run it again")
             return state
@@ -253,6 +303,7 @@ class LocalRunner:
                     try:
                         metrics = scrape_run_metrics(url, run.namespace, run.name)
                         last = metrics if metrics.values else last
+                        record_history(state.setdefault("history", {}), metrics)
                     except MetricsUnavailable as exc:
                         error = str(exc)
                 elif last is not None:
@@ -273,6 +324,18 @@ class LocalRunner:
                     _say(f"halting CPTRun {run.name}: suspending the trainer (it checkpoints first)")
                     self.executor.suspend(job.name)
                     continue  # one more pass records the final checkpoint
+                if out.rollback is not None:
+                    plan = out.rollback
+                    _say(f"rolling back CPTRun {run.name} to step {plan.from_step} (attempt {plan.attempt}): mixing.alpha "
+                         f"{plan.alpha:.3g}, learningRate {plan.learning_rate:.3g}")  # fmt: skip
+                    self.executor.suspend(job.name)
+                    rollbacks = list(status.get("rollbacks") or [])
+                    job = self.executor.start(job.name, "train", trainer_config(rollbacks), run_dir)
+                    rollbacks[-1]["outcome"] = "Resumed"
+                    status["rollbacks"] = rollbacks
+                    trim_history(state.setdefault("history", {}), plan.from_step, plan.at_step)
+                    last, passes_after_exit = None, 0
+                    continue
                 view = job_state(JobView.from_body(job.pytorchjob_body()), tenant_suspend=False, queued=False)
                 if status.get("phase") != "Halted":
                     status["phase"] = view.phase

@@ -56,6 +56,7 @@ class RunInputs:
     policy: CheckpointPolicySpec
     corpus_outputs: dict[str, str] = field(default_factory=dict)
     checkpoint_uri: str | None = None  # the run's own checkpoint prefix (decide/run.checkpoint_uri)
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)  # status.rollbacks (action Rollback)
 
 
 def referenced_corpora(spec: CPTRunSpec) -> list[str]:
@@ -93,7 +94,7 @@ def render_trainer_configmap(inputs: RunInputs, settings: OperatorSettings) -> d
     config = render_trainer_config(
         inputs.namespace, inputs.name, inputs.spec, inputs.corpora, inputs.policy,
         uid=inputs.uid, pvc_root=settings.pvc_mount_root, corpus_outputs=inputs.corpus_outputs,
-        checkpoint_uri=inputs.checkpoint_uri,
+        checkpoint_uri=inputs.checkpoint_uri, rollbacks=inputs.rollbacks,
     )  # fmt: skip
     return render_configmap(
         names.trainer_configmap_name(inputs.name),

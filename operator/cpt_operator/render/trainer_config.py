@@ -32,6 +32,7 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.common import Location, StorageLocation
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
+from cpt_operator.decide.rollback import settings_after
 from cpt_operator.render.locations import location_uri, run_prefix
 from cpt_trainer.contract import metrics as metric_names
 
@@ -64,10 +65,14 @@ def render_trainer_config(
     pvc_root: str = DEFAULT_PVC_ROOT,
     corpus_outputs: dict[str, str] | None = None,
     checkpoint_uri: str | None = None,
+    rollbacks: list[dict] | None = None,
 ) -> TrainerConfig:
     """The TrainerConfig of one run. `corpora` maps each referenced Corpus name to its spec;
-    `corpus_outputs` may override where a corpus's shards are (e.g. its status.outputUri)."""
+    `corpus_outputs` may override where a corpus's shards are (e.g. its status.outputUri);
+    `rollbacks` (status.rollbacks) scale the mix and learning rates and name the step to resume
+    from (decide/rollback.py)."""
     outputs = corpus_outputs or {}
+    after = settings_after(spec, list(rollbacks or []))
 
     def corpus_uri(corpus_name: str) -> str:
         return outputs.get(corpus_name) or location_uri(corpora[corpus_name].output, pvc_root)
@@ -92,14 +97,14 @@ def render_trainer_config(
         ),
         data=DataConfig(
             corpora=[CorpusInput(name=c.name, role=c.role, weight=c.weight, uri=corpus_uri(c.name)) for c in spec.corpora],
-            alpha=spec.mixing.alpha,
-            curriculum=[CurriculumPointConfig(step=p.step, alpha=p.alpha) for p in spec.mixing.curriculum],
+            alpha=after.alpha,
+            curriculum=[CurriculumPointConfig(step=step, alpha=alpha) for step, alpha in after.curriculum],
             sequence_length=t.sequence_length,
             seed=t.seed,
         ),
         optim=OptimConfig(
-            learning_rate=t.learning_rate,
-            min_learning_rate=t.min_learning_rate,
+            learning_rate=after.learning_rate,
+            min_learning_rate=after.min_learning_rate,
             schedule=t.schedule,
             warmup_fraction=t.warmup_fraction,
             decay_fraction=t.decay_fraction,
@@ -133,7 +138,9 @@ def render_trainer_config(
             interval=policy.save_interval,
             uri=checkpoint_uri,
             retain_file=f"{RETAIN_DIR}/{RETAIN_FILE_NAME}" if policy.storage.pvc is not None else None,
+            resume_step=after.resume_step,
         ),
+        attempt=after.attempt,
         metrics=MetricsConfig(port=spec.trainer.metrics_port),
         s3=_s3_settings(policy.storage, spec.base_model.location, *(corpora[c.name].output for c in spec.corpora),
                         *(g.task_file for g in spec.evaluation.general_evals)),

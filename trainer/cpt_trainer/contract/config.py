@@ -318,6 +318,13 @@ class CheckpointConfig(_Strict):
     retain_file: str | None = Field(
         None, description="Path of the operator's retain list (PVC storage): the trainer deletes what it does not name."
     )
+    resume_step: int | None = Field(
+        None,
+        ge=0,
+        description="Rollback: resume from the complete checkpoint of exactly this step instead of the newest one; "
+        "later checkpoints in this prefix (the abandoned branch) are deleted first. Done once: the trainer writes "
+        "`rollback-NNNNNNNN.json` in the prefix, and a restart with the same value resumes from the newest checkpoint.",
+    )
 
 
 class MetricsConfig(_Strict):
@@ -339,6 +346,10 @@ class TrainerConfig(_Strict):
     checkpoint: CheckpointConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     s3: S3Settings = Field(default_factory=S3Settings)
+    attempt: int = Field(
+        0, ge=0, description="Rollbacks (forgetting action Rollback) before this start; written into every checkpoint's "
+        "metrics.json as `attempt`, so the operator tells a rolled-back run's new checkpoints from the abandoned ones."
+    )
     termination_message_path: str = Field(
         "/dev/termination-log",
         description="Where rank 0 writes a small JSON report when a configured evaluation cannot run "

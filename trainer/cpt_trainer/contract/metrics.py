@@ -68,6 +68,11 @@ CHECKPOINT_GENERAL_REGRESSION = MetricSpec(
     "cpt_checkpoint_general_regression_ratio", "gauge", "General regression recorded with the checkpoint.", RUN_LABELS + ("step",)
 )
 
+CHECKPOINT_ATTEMPT = MetricSpec(
+    "cpt_checkpoint_attempt", "gauge", "Rollbacks before the start that wrote the checkpoint (metrics.json `attempt`).",
+    RUN_LABELS + ("step",),
+)
+
 TRAINER_METRICS: tuple[MetricSpec, ...] = (
     STEP,
     TOTAL_STEPS,
@@ -89,10 +94,12 @@ TRAINER_METRICS: tuple[MetricSpec, ...] = (
     CHECKPOINT_DOMAIN_PERPLEXITY,
     CHECKPOINT_GENERAL_SCORE,
     CHECKPOINT_GENERAL_REGRESSION,
+    CHECKPOINT_ATTEMPT,
 )
 
 CHECKPOINT_LISTING: tuple[MetricSpec, ...] = (
     CHECKPOINT_PRESENT, CHECKPOINT_DOMAIN_PERPLEXITY, CHECKPOINT_GENERAL_SCORE, CHECKPOINT_GENERAL_REGRESSION,
+    CHECKPOINT_ATTEMPT,
 )  # fmt: skip
 
 # The operator's own metrics (no run labels: the operator is one process for all tenants;

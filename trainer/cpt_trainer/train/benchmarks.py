@@ -33,8 +33,9 @@ from cpt_trainer.train.errors import TrainerInputError
 
 logger = logging.getLogger(__name__)
 
-# (input_ids (1, n)) -> logits (1, n, vocab)
+# (input_ids (b, n)) -> logits (b, n, vocab)
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+BATCH = 16  # sequences per forward pass in a benchmark evaluation
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def _trainer_lm_class():
 
         @torch.no_grad()
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            out = []
+            """(sum log p(continuation | context), greedy) per request, BATCH sequences per forward:
+            right-padded, so a causal model's logits at the real positions are unchanged."""
+            encoded = []
             for request in requests:
                 context, continuation = request.args
                 ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -93,12 +96,21 @@ def _trainer_lm_class():
                 if self.tokenizer.bos_token_id is not None:
                     ctx = [self.tokenizer.bos_token_id] + ctx
                 ids = (ctx + cont)[-(self.max_length + 1):]
-                n = len(cont)
-                inp = torch.tensor([ids[:-1]], device=self._device)
-                logp = torch.log_softmax(self.logits_fn(inp).float()[0, -n:], dim=-1)
-                target = torch.tensor(ids[-n:], device=self._device)
-                token_lp = logp.gather(1, target[:, None])[:, 0]
-                out.append((float(token_lp.sum()), bool((logp.argmax(-1) == target).all())))
+                encoded.append((ids, len(cont)))
+            out = []
+            for start in range(0, len(encoded), BATCH):
+                chunk = encoded[start : start + BATCH]
+                width = max(len(ids) - 1 for ids, _ in chunk)
+                batch = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, (ids, _) in enumerate(chunk):
+                    batch[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+                logp_all = torch.log_softmax(self.logits_fn(batch.to(self._device)).float(), dim=-1)
+                for row, (ids, n) in enumerate(chunk):
+                    end = len(ids) - 1
+                    logp = logp_all[row, end - n : end]
+                    target = torch.tensor(ids[-n:], device=self._device)
+                    token_lp = logp.gather(1, target[:, None])[:, 0]
+                    out.append((float(token_lp.sum()), bool((logp.argmax(-1) == target).all())))
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):

@@ -9,6 +9,23 @@ Local storage (a PVC path): written as `.tmp-step-00000100/`, `COMPLETE` inside 
 renamed, so a `step-*` folder is whole or the leftover of an older crash (no `COMPLETE`):
 either way resume only trusts folders with `COMPLETE`. S3: written to a local staging
 folder, uploaded file by file (multipart), `COMPLETE` uploaded last.
+
+Rollback (`checkpoint.resume_step: S`, the operator's forgetting action): resume from the
+complete checkpoint of exactly step S instead of the newest one. Every checkpoint of a later
+step in this prefix, complete or not, belongs to the abandoned branch and is deleted before
+training starts (its `COMPLETE` first, then the rest, only `<uri>/step-NNNNNNNN/` of steps
+after S), so a restart can never pick the old branch's newer checkpoint, nor a later save of
+the same step mix old and new files. Rank 0 deletes, then every rank resumes from S.
+The rollback is done once, recorded level-based in the prefix: after deleting, rank 0 writes
+`rollback-SSSSSSSS-attempt-AAA.json` (`{"resume_step": S, "checkpoint": "step-SSSSSSSS",
+"removed": [...]}`; AAA = `TrainerConfig.attempt`, the rollback's number) next to the step
+folders. A start whose `resume_step` and attempt already have that marker resumes from
+the newest complete checkpoint like any restart (so the new branch's checkpoints after S
+survive a restart with the same config). A crash during the deletion leaves no marker: the
+next start deletes again (what is left) and resumes from S. A rollback to an earlier step
+also deletes the markers of later steps (they belong to the abandoned branch too). A second
+rollback to the same step S is a new attempt number, so a new marker: it is done again. No
+complete checkpoint of step S and no marker: TrainerInputError naming the complete steps.
 """
 
 from __future__ import annotations
@@ -24,11 +41,13 @@ from pathlib import Path
 from cpt_trainer.contract.config import CheckpointConfig, S3Settings
 from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
 from cpt_trainer.train.distributed import DistEnv, barrier
-from cpt_trainer.train.s3_staging import S3Store, is_s3, join_s3
+from cpt_trainer.train.errors import TrainerInputError
+from cpt_trainer.train.s3_staging import S3Store, is_s3, join_s3, split_s3
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})$")
+_ROLLBACK = re.compile(r"^rollback-(\d{8})(?:-attempt-\d+)?\.json$")
 TMP_PREFIX = ".tmp-"
 
 
@@ -38,6 +57,16 @@ def checkpoint_name(step: int) -> str:
 
 def checkpoint_step(name: str) -> int | None:
     match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def rollback_marker_name(step: int, attempt: int = 0) -> str:
+    """The file (in the checkpoint prefix) recording that rollback `attempt` (to `step`) was done."""
+    return f"rollback-{step:08d}-attempt-{attempt:03d}.json"
+
+
+def rollback_marker_step(name: str) -> int | None:
+    match = _ROLLBACK.match(name)
     return int(match.group(1)) if match else None
 
 
@@ -55,11 +84,21 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class CheckpointManager:
     """Callers ask `should_save(step)`, call `save(step, write, metrics)`, and on start `latest()` / `fetch(name)`."""
 
-    def __init__(self, cfg: CheckpointConfig, s3: S3Settings, cache_dir: Path, dist: DistEnv, total_steps: int):
+    def __init__(self, cfg: CheckpointConfig, s3: S3Settings, cache_dir: Path, dist: DistEnv, total_steps: int,
+                 attempt: int = 0):
         self.cfg = cfg
+        self.attempt = attempt  # TrainerConfig.attempt: which rollback this start is (marker names)
         self.dist = dist
         self.total_steps = total_steps
         self.remote = is_s3(cfg.uri)
@@ -105,8 +144,92 @@ class CheckpointManager:
 
     def latest(self) -> str | None:
         """Name of the newest complete checkpoint, or None."""
-        names = self.complete_remote() if self.remote else self.complete_local()
+        names = self.complete()
         return names[-1] if names else None
+
+    def complete(self) -> list[str]:
+        """Names of the complete checkpoints, oldest first."""
+        return self.complete_remote() if self.remote else self.complete_local()
+
+    def resume_target(self) -> str | None:
+        """The checkpoint this start resumes from (None: a fresh start). Without
+        `resume_step`: the newest complete one. With it: the rollback of the module docstring
+        (deletes the later steps on rank 0 the first time). Every rank calls it."""
+        step = self.cfg.resume_step
+        if step is None:
+            return self.latest()
+        target, marker = checkpoint_name(step), rollback_marker_name(step, self.attempt)
+        if self._marker_exists(marker):
+            latest = self.latest()
+            logger.info("rollback to %s already done (%s): resuming from the newest checkpoint %s", target, marker, latest)
+            return latest
+        complete = self.complete()
+        if target not in complete:
+            steps = ", ".join(str(checkpoint_step(n)) for n in complete) or "none"
+            raise TrainerInputError(
+                f"checkpoint.resume_step {step}: no complete checkpoint {target} in {self.cfg.uri} (complete steps: {steps})"
+            )
+        barrier()  # every rank has looked at the marker before rank 0 writes it
+        if self.dist.is_main:
+            removed = self._remove_after(step)
+            self._write_marker(marker, {"resume_step": step, "checkpoint": target, "removed": removed})
+            logger.info("rollback to %s: removed the abandoned branch's checkpoints %s", target,
+                        ", ".join(removed) if removed else "(none after it)")
+        barrier()
+        return target
+
+    def _marker_exists(self, marker: str) -> bool:
+        if self.remote:
+            assert self.store is not None
+            return self.store.exists(join_s3(self.cfg.uri, marker))
+        return (self.root / marker).is_file()
+
+    def _write_marker(self, marker: str, data: dict) -> None:
+        if self.remote:
+            assert self.store is not None
+            self.store.put_bytes(join_s3(self.cfg.uri, marker), json.dumps(data, indent=2, sort_keys=True).encode())
+            return
+        part = self.root / f".{marker}.part"
+        _write_json(part, data)
+        os.replace(part, self.root / marker)
+        _fsync_dir(self.root)
+
+    def _remove_after(self, step: int) -> list[str]:
+        """Delete every checkpoint (complete or not) and rollback marker of a step after `step`
+        in this prefix, `COMPLETE` first; returns the checkpoint names, oldest first."""
+        if self.remote:
+            return self._remove_after_remote(step)
+        names = sorted((p.name for p in self.root.iterdir()
+                        if p.is_dir() and (checkpoint_step(p.name) or 0) > step), key=checkpoint_step)
+        for name in names:
+            (self.root / name / CHECKPOINT_COMPLETE_MARKER).unlink(missing_ok=True)  # never half-deleted yet complete
+        if names:
+            _fsync_dir(self.root)
+        for name in names:
+            shutil.rmtree(self.root / name)
+        for path in self.root.glob("rollback-*.json"):
+            if (rollback_marker_step(path.name) or 0) > step:
+                path.unlink(missing_ok=True)
+        return names
+
+    def _remove_after_remote(self, step: int) -> list[str]:
+        assert self.store is not None
+        client = self.store._client  # single-object deletes and a root-level listing; S3Store has neither
+        bucket, prefix = split_s3(self.cfg.uri)
+        names = sorted((n for n in self.store.list_folders(self.cfg.uri) if (checkpoint_step(n) or 0) > step),
+                       key=checkpoint_step)
+        for name in names:
+            _, key = split_s3(join_s3(self.cfg.uri, name, CHECKPOINT_COMPLETE_MARKER))
+            client.delete_object(Bucket=bucket, Key=key)
+        for name in names:
+            self.store.delete_folder(join_s3(self.cfg.uri, name))  # only keys below <uri>/step-NNNNNNNN/
+        root = prefix + "/" if prefix else ""
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root + "rollback-", Delimiter="/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if (rollback_marker_step(obj["Key"][len(root):]) or 0) > step:
+                    client.delete_object(Bucket=bucket, Key=obj["Key"])
+        return names
 
     def fetch(self, name: str) -> Path:
         """A local folder with checkpoint `name` (downloaded once per node from S3)."""

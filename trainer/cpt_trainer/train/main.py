@@ -205,7 +205,7 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
     except ValueError as exc:
         raise TrainerInputError(str(exc)) from None
     evaluator = Evaluator(domain_sets, general_sets, benchmarks, cfg.batch.micro_batch_size, env, device, L)
-    checkpoints = CheckpointManager(cfg.checkpoint, cfg.s3, cache, env, cfg.batch.total_steps)
+    checkpoints = CheckpointManager(cfg.checkpoint, cfg.s3, cache, env, cfg.batch.total_steps, cfg.attempt)
     metrics = TrainerMetrics(cfg.identity)
     if env.is_main:
         metrics.serve(cfg.metrics.port)
@@ -213,7 +213,11 @@ def prepare(cfg: TrainerConfig, env: distributed.DistEnv | None = None) -> Train
     trainer = Trainer(cfg, engine, tokenizer, mix, evaluator, checkpoints, metrics, env, device,
                       flops_per_token(shape["parameters"], shape["layers"], shape["hidden"], L), peak)
     trainer.extension_report = extension
-    latest = checkpoints.latest()
+    try:
+        latest = checkpoints.resume_target()  # with checkpoint.resume_step: the rollback (see checkpointing.py)
+    except TrainerInputError:
+        metrics.close()
+        raise
     if latest is not None:
         try:
             trainer.resume(latest)

@@ -90,6 +90,7 @@ class TrainerMetrics:
             self._gauge(m.CHECKPOINT_DOMAIN_PERPLEXITY, metrics["domain_perplexity"], step=label)
         if metrics.get("general_regression") is not None:
             self._gauge(m.CHECKPOINT_GENERAL_REGRESSION, metrics["general_regression"], step=label)
+        self._gauge(m.CHECKPOINT_ATTEMPT, int(metrics.get("attempt") or 0), step=label)
         scores = dict(metrics.get("general_scores") or {})
         for name, score in scores.items():
             self._gauge(m.CHECKPOINT_GENERAL_SCORE, score, step=label, eval=name)
@@ -101,7 +102,7 @@ class TrainerMetrics:
         """Remove a deleted checkpoint's series."""
         evals = self._listed.pop(step, ())
         label = str(step)
-        for spec in (m.CHECKPOINT_PRESENT, m.CHECKPOINT_DOMAIN_PERPLEXITY, m.CHECKPOINT_GENERAL_REGRESSION):
+        for spec in (m.CHECKPOINT_PRESENT, m.CHECKPOINT_DOMAIN_PERPLEXITY, m.CHECKPOINT_GENERAL_REGRESSION, m.CHECKPOINT_ATTEMPT):
             try:
                 self._metrics[spec.name].remove(*self._run.values(), label)
             except KeyError:

@@ -250,6 +250,7 @@ class Trainer:
             "general_regression": self.regression(evaluated),
             "min_standard_errors": self.cfg.eval.min_standard_errors,
             "forgetting_threshold": self.cfg.eval.forgetting_threshold,
+            "attempt": self.cfg.attempt,
             **({"tokenizer_extension": self.extension_report} if self.extension_report else {}),
         }
 
