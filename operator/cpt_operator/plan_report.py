@@ -17,6 +17,7 @@ from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.api.references import reference_problems
 from cpt_operator.api.resources import Resource
+from cpt_operator.decide.engine_choice import EngineChoice, engine_choice
 from cpt_operator.plan import GIB, ComputeEstimate, MemoryFit, ModelShape, estimate_compute, estimate_memory, model_shape
 from cpt_operator.render.trainer_config import total_steps
 from cpt_operator.settings import OperatorSettings
@@ -42,10 +43,12 @@ class RunPlan:
     zero_stage: int | None = None
     warnings: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    engine: EngineChoice | None = None  # the engine, ZeRO stage, precision and compile mode the trainer will run, and why
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": self.run.namespace, "name": self.run.name, "steps": self.steps, "notes": self.notes,
                                "zero_stage": self.zero_stage, "warnings": self.warnings}  # fmt: skip
+        out["engine"] = dataclasses.asdict(self.engine) if self.engine else None
         out["compute"] = dataclasses.asdict(self.compute) if self.compute else None
         if self.memory:
             out["memory"] = {**dataclasses.asdict(self.memory), "total": self.memory.total, "fits": self.memory.fits}
@@ -363,7 +366,8 @@ def build_plans(resources: list[Resource], settings: OperatorSettings) -> list[R
             None,
         )
         warnings = run_warnings(spec, steps, policy)  # type: ignore[arg-type]
-        plans.append(RunPlan(run, steps, shape, compute, memory, _objects(run, rendered), notes, zero, warnings, advice))
+        engine = engine_choice(spec, shape.parameters if shape else None, pool.gpu_memory_gib)
+        plans.append(RunPlan(run, steps, shape, compute, memory, _objects(run, rendered), notes, zero, warnings, advice, engine))
     return plans
 
 
@@ -381,6 +385,8 @@ def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
         f"sequences x {spec.training.sequence_length} tokens",
         f"  mixing        alpha {spec.mixing.alpha} over " + ", ".join(f"{c.name} ({c.role}, w={c.weight:g})" for c in spec.corpora),
     ]
+    if plan.engine:
+        lines.append(f"  engine        {plan.engine.describe()}")
     if plan.shape and plan.compute:
         c = plan.compute
         lines += [
@@ -392,7 +398,8 @@ def format_plan(plan: RunPlan, show_objects: bool = True) -> str:
         ]
     if plan.memory:
         m = plan.memory
-        engine = "plain PyTorch" if plan.zero_stage == 0 and spec.deepspeed.mode != "always" else f"DeepSpeed ZeRO-{plan.zero_stage}"
+        # the trainer's choice (auto with zeroStage 0 on a model too big for the plain path is DeepSpeed ZeRO-0)
+        engine = "plain PyTorch" if plan.engine is not None and plan.engine.kind == "torch" else f"DeepSpeed ZeRO-{plan.zero_stage}"
         verdict = "fits" if m.fits else "DOES NOT FIT"
         lines += [
             f"  memory/GPU    {engine}: model states {_gib(m.model_states)} ({m.method}), "

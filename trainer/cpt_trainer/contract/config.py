@@ -274,7 +274,7 @@ class EngineConfig(_Strict):
         description=(
             "auto: the plain PyTorch path (DDP, torch.compile, fused AdamW) when the full training state "
             "(16 bytes/parameter) fits in half of one GPU, else DeepSpeed at zero_stage; torch on CPU "
-            "(deepspeed on CPU is refused, never replaced)."
+            "(deepspeed and torch run as configured on CPU too, never replaced)."
         ),
     )
     zero_stage: int = Field(2, ge=0, le=3)
