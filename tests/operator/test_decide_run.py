@@ -178,3 +178,38 @@ def test_checkpoints_go_with_the_run_only_as_recorded_and_still_promised(status:
     assert (plan.prefix is not None) == deletes, plan.reason
     if not deletes:
         assert "kept" in plan.reason
+
+
+def test_the_status_names_the_engine_the_trainer_will_run_and_why() -> None:
+    spec, _, _ = objects()
+    unknown = copy.deepcopy(spec)
+    unknown["baseModel"].pop("parameters", None)
+    unknown["deepspeed"] = {**unknown.get("deepspeed", {}), "mode": "auto"}
+    engine = decide_run(facts(spec=unknown)).status["engine"]
+    assert engine["kind"] == "auto" and engine["zeroStage"] is None and "decides at start" in engine["reason"]
+    big = copy.deepcopy(spec)
+    big["baseModel"]["parameters"] = 8_000_000_000
+    big["deepspeed"] = {**big.get("deepspeed", {}), "mode": "auto", "zeroStage": 3}
+    engine = decide_run(facts(spec=big)).status["engine"]
+    assert (engine["kind"], engine["zeroStage"]) == ("deepspeed", 3) and "more than half of one 80 GiB GPU" in engine["reason"]
+    small = copy.deepcopy(spec)
+    small["baseModel"]["parameters"] = 125_000_000
+    small["deepspeed"] = {**small.get("deepspeed", {}), "mode": "auto"}
+    engine = decide_run(facts(spec=small)).status["engine"]
+    assert (engine["kind"], engine["zeroStage"]) == ("torch", 0)
+
+
+def test_a_recorded_rollback_stops_the_job_with_the_new_config_then_starts_it_once_suspended() -> None:
+    job = created_job()
+    status = {"phase": "Running", "rollbacks": [{"attempt": 1, "fromStep": 500, "outcome": "Restarting"}]}
+    d = decide_run(facts(status=status, job=job))
+    assert d.patch_config and d.want_stopped is True and "rollbacks" not in d.status
+    job2 = copy.deepcopy(job)
+    cm_patch, job_patch = d.config_patches()
+    job2["metadata"]["annotations"].update(job_patch["metadata"]["annotations"])
+    job2["spec"]["runPolicy"]["suspend"] = True
+    d = decide_run(facts(status=status, job=job2))
+    assert not d.patch_config and d.want_stopped is True  # suspended, but its pods may still run
+    job2["status"] = {"conditions": [{"type": "Suspended", "status": "True"}]}
+    d = decide_run(facts(status=status, job=job2))
+    assert d.want_stopped is False and d.status["rollbacks"][0]["outcome"] == "Resumed"

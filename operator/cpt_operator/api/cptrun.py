@@ -369,6 +369,16 @@ class CostEstimate(StatusModel):
     cost: float | None = Field(None, ge=0.0, description="Cost at the configured price per GPU-hour.")
 
 
+class EngineStatus(StatusModel):
+    """The engine the trainer runs and why (decide/engine_choice.py, the trainer's own rule)."""
+
+    kind: str | None = Field(None, description="torch, deepspeed, or auto (the trainer decides at start: no parameter hint).")
+    zero_stage: int | None = Field(None, ge=0, le=3, description="ZeRO stage (0 for the plain PyTorch path).")
+    precision: str | None = Field(None, description="Compute precision: bf16 or fp32.")
+    compile: bool | None = Field(None, description="torch.compile on.")
+    reason: str | None = Field(None, description="Why.")
+
+
 class RollbackRecord(StatusModel):
     """One rollback of action Rollback."""
 
@@ -431,6 +441,7 @@ class CPTRunStatus(StatusModel):
     cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
     rollbacks: list[RollbackRecord] = Field(default_factory=list, max_length=10, description="action Rollback: every attempt, in order.")
+    engine: EngineStatus | None = Field(None, description="The engine, ZeRO stage, precision and compile mode the trainer runs, and why.")
     checkpoint_storage: CheckpointStorageStatus | None = Field(
         None, description="Where the checkpoints are and whether they are deleted with the run, as fixed when the job was created."
     )

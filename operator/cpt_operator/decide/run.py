@@ -34,6 +34,7 @@ from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.decide.checks import Refusal, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations
 from cpt_operator.decide.dependencies import decide_dependencies
+from cpt_operator.decide.engine_choice import engine_choice
 from cpt_operator.decide.immutable import changed_immutable_fields
 from cpt_operator.decide.rollback import restarting
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
@@ -213,6 +214,11 @@ def decide_run(f: RunFacts) -> RunDecision:
     cost = _cost(run, f.settings)
     if cost is not None:
         d.status["costEstimate"] = cost
+    if pool is not None:
+        # From the spec's parameter hint only: the operator never reads a tenant-named path.
+        e = engine_choice(run, run.base_model.parameters, pool.gpu_memory_gib)
+        d.status["engine"] = {"kind": e.kind, "zeroStage": e.zero_stage, "precision": e.precision, "compile": e.compile,
+                              "reason": e.reason[:1024]}  # fmt: skip
 
     # 3. Dependencies, in the run's own namespace only.
     corpus_names = list(f.corpora)
