@@ -233,12 +233,14 @@ def misfit_message(plan: RunPlan) -> str:
 
 def _pool_problems(run: Resource, settings: OperatorSettings) -> list[str]:
     """What the operator would refuse of a run's scheduling: the checks it runs (decide/checks)."""
-    from cpt_operator.decide.checks import check_image, check_local_paths, check_pool, check_scheduling, run_local_locations
+    from cpt_operator.decide.checks import (
+        check_grace_period, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations,
+    )  # fmt: skip
 
     spec: CPTRunSpec = run.spec  # type: ignore[assignment]
     pool, refusal = check_pool(spec, run.namespace, settings)
     refusals = [refusal, check_image(spec, settings), check_scheduling(spec, pool) if pool is not None else None,
-                check_local_paths(run_local_locations(spec), settings)]
+                check_local_paths(run_local_locations(spec), settings), check_grace_period(spec, settings)]
     return [f"CPTRun {run.namespace}/{run.name}: {r.message}" for r in refusals if r is not None]
 
 

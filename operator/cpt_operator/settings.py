@@ -144,6 +144,17 @@ class OperatorSettings(BaseSettings):
     achieved_tflops_per_gpu: float = Field(400.0, gt=0, description="Achieved TFLOP/s per GPU for cost estimates.")
     price_per_gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU-hour for cost estimates.")
     backoff_limit: int = Field(3, ge=0, description="PyTorchJob/Job backoffLimit.")
+    termination_grace_period_seconds: int = Field(
+        360, ge=30, le=86400, description="Trainer pods' terminationGracePeriodSeconds unless a run sets its own."
+    )
+    max_termination_grace_period_seconds: int = Field(
+        3600, ge=30, le=86400, description="The most a run's spec.trainer.terminationGracePeriodSeconds may ask for."
+    )
+    checkpoint_save_share: float = Field(
+        0.8, gt=0.0, lt=1.0,
+        description="Share of the grace period the launcher gives the ranks to finish the step and save on SIGTERM "
+        "(the rest is margin for the launcher and the kubelet).",
+    )  # fmt: skip
     watch_namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: cluster-wide.")
     pvc_mount_root: str = Field("/mnt/cpt/pvc", description="Where PVCs are mounted in trainer pods.")
     cleanup_image: str = Field(

@@ -177,6 +177,27 @@ def test_trainer_runs_under_cpt_trainer_launch_with_exit_code_restarts(example: 
             assert 30 < shutdown < pod["terminationGracePeriodSeconds"]
 
 
+def test_a_runs_own_grace_period_sets_the_pods_and_the_save_share_within_the_platform_limit() -> None:
+    from cpt_operator.decide.checks import check_grace_period
+
+    resources = load_manifests([ROOT / "examples" / "minimal"])
+    run = next(r for r in resources if r.kind == "CPTRun")
+    run.spec.trainer.termination_grace_period_seconds = 900
+    settings_ = settings()
+    (pj,) = _by_kind(render_all(resources, settings_), "PyTorchJob")
+    pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    assert pod["terminationGracePeriodSeconds"] == 900
+    assert int(command[command.index("--shutdown-timeout") + 1]) == int(900 * settings_.checkpoint_save_share) == 720
+    assert check_grace_period(run.spec, settings_) is None
+    run.spec.trainer.termination_grace_period_seconds = settings_.max_termination_grace_period_seconds + 1
+    refusal = check_grace_period(run.spec, settings_)
+    assert refusal is not None and refusal.reason == "GracePeriodExceedsLimit" and "limit of 3600 s" in refusal.message
+    run.spec.trainer.termination_grace_period_seconds = None  # the operator's default
+    (pj,) = _by_kind(render_all(resources, settings_), "PyTorchJob")
+    assert pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["terminationGracePeriodSeconds"] == 360
+
+
 def test_launch_options_take_the_training_operator_env_like_torchrun(monkeypatch) -> None:
     """The PET_* variables the training operator sets on a Worker pod reach torch's launcher config."""
     pytest.importorskip("torch")

@@ -172,6 +172,9 @@ chart's camelCase values. tests/chart validates the result against OperatorSetti
   "achieved_tflops_per_gpu" $s.achievedTflopsPerGpu
   "price_per_gpu_hour" $s.pricePerGpuHour
   "backoff_limit" $s.backoffLimit
+  "termination_grace_period_seconds" $s.terminationGracePeriodSeconds
+  "max_termination_grace_period_seconds" $s.maxTerminationGracePeriodSeconds
+  "checkpoint_save_share" $s.checkpointSaveShare
   "pvc_mount_root" $s.pvcMountRoot
   "storage_grants" ($s.storageGrants | default list)
   "allowed_s3_endpoints" ($s.allowedS3Endpoints | default list)

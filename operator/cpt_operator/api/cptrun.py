@@ -232,6 +232,11 @@ class TrainerSpec(APIModel):
 
     image: str | None = Field(None, max_length=512, description="Trainer image; must be in the operator's allowed list. Default: the operator's.")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's Prometheus endpoint.")
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=30, le=86400,
+        description="Seconds a stopped trainer pod gets to finish its step and save a checkpoint (preemption, Kueue "
+        "eviction, a node drain); at most the platform's limit. Default: the operator's.",
+    )  # fmt: skip
 
 
 class CPTRunSpec(APIModel):

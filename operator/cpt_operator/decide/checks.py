@@ -19,6 +19,7 @@ from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.settings import NodePool, OperatorSettings
 
 PRIORITY_CLASS_NOT_ALLOWED = "PriorityClassNotAllowed"
+GRACE_PERIOD_EXCEEDS_LIMIT = "GracePeriodExceedsLimit"
 TOLERATION_NOT_ALLOWED = "TolerationNotAllowed"
 CURATION_NOT_ALLOWED = "CurationNotAllowed"
 CURATION_EXCEEDS_LIMITS = "CurationExceedsLimits"
@@ -56,6 +57,15 @@ def check_image(spec: CPTRunSpec, settings: OperatorSettings) -> Refusal | None:
     if image is None or settings.image_allowed(image):
         return None
     return Refusal(c.IMAGE_NOT_ALLOWED, f"spec.trainer.image {image!r} is not in the platform's allowed trainer images; omit it to use {settings.trainer_image!r}")  # noqa: E501
+
+
+def check_grace_period(spec: CPTRunSpec, settings: OperatorSettings) -> Refusal | None:
+    """None when the run's own terminationGracePeriodSeconds is within the platform's limit."""
+    asked, limit = spec.trainer.termination_grace_period_seconds, settings.max_termination_grace_period_seconds
+    if asked is not None and asked > limit:
+        return Refusal(GRACE_PERIOD_EXCEEDS_LIMIT, f"spec.trainer.terminationGracePeriodSeconds {asked} exceeds the platform's "
+                                                   f"limit of {limit} s; lower it or ask the platform team")  # fmt: skip
+    return None
 
 
 def check_scheduling(spec: CPTRunSpec, pool: NodePool) -> Refusal | None:

@@ -32,7 +32,9 @@ from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.common import SecretReference
 from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.decide.checks import Refusal, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations
+from cpt_operator.decide.checks import (
+    Refusal, check_grace_period, check_image, check_local_paths, check_pool, check_scheduling, run_local_locations,
+)  # fmt: skip
 from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.engine_choice import engine_choice
 from cpt_operator.decide.immutable import changed_immutable_fields
@@ -201,7 +203,8 @@ def decide_run(f: RunFacts) -> RunDecision:
 
     # 2. What the platform allows; what may not change once the job exists.
     pool, refusal = check_pool(run, f.namespace, f.settings)
-    refusal = refusal or check_image(run, f.settings) or check_local_paths(run_local_locations(run), f.settings)
+    refusal = (refusal or check_image(run, f.settings) or check_local_paths(run_local_locations(run), f.settings)
+               or check_grace_period(run, f.settings))
     if refusal is None and pool is not None:
         refusal = check_scheduling(run, pool)
     changed = changed_immutable_fields(view.spec_digest, run.to_wire()) if view is not None else []

@@ -35,10 +35,17 @@ CONTAINER_NAME = "pytorch"
 # stop, the next attempt resumes) -> retried; 2 invalid config or input, 1 crash or CUDA OOM
 # -> permanent, no loop. (torchrun itself would exit 1 for all of these: never retried.)
 RESTART_POLICY = "ExitCode"
-# After SIGTERM the launcher gives the ranks this long to finish the step and save, then
-# SIGKILLs them; the pod's grace period covers it, or the kubelet would kill the save.
-SHUTDOWN_TIMEOUT_S = 300
-TERMINATION_GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
+# After SIGTERM the launcher gives the ranks `settings.checkpoint_save_share` of the pod's grace
+# period (the run's spec.trainer.terminationGracePeriodSeconds, else the operator's) to finish
+# the step and save, then SIGKILLs them; the rest is margin, so the kubelet never kills a save
+# that the launcher still waits for. A save cut short is never taken for a checkpoint (COMPLETE
+# is written last).
+
+
+def grace_and_shutdown(spec: CPTRunSpec, settings: OperatorSettings) -> tuple[int, int]:
+    """(terminationGracePeriodSeconds, the launcher's --shutdown-timeout) of a run's pods."""
+    grace = spec.trainer.termination_grace_period_seconds or settings.termination_grace_period_seconds
+    return grace, max(10, int(grace * settings.checkpoint_save_share))
 # When the job ends (failed or succeeded), delete the pods that still run, so no master
 # or worker keeps holding GPUs; finished pods stay for `kubectl logs` (they hold no GPUs).
 CLEAN_POD_POLICY = "Running"
@@ -126,6 +133,7 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
         names.trainer_configmap_name(inputs.name), run_locations(inputs), settings.pvc_mount_root, shm=True, retain=retain
     )
     port = spec.trainer.metrics_port
+    grace, shutdown = grace_and_shutdown(spec, settings)
     labels = names.run_labels(inputs.namespace, inputs.name, "trainer")
     # The run's uid: Prometheus takes the series' run identity from it (the chart's PodMonitor).
     labels[names.LABEL_RUN_UID] = inputs.uid
@@ -144,7 +152,7 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
                 # variables the training operator sets, starts one trainer process per GPU,
                 # and exits with the root cause (see RESTART_POLICY).
                 "command": [
-                    "cpt-trainer", "launch", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S),
+                    "cpt-trainer", "launch", "--shutdown-timeout", str(shutdown),
                     "--", "train", "--config", f"{CONFIG_DIR}/{TRAINER_CONFIG_KEY}",
                 ],
                 "env": [
@@ -164,7 +172,7 @@ def _pod_template(inputs: RunInputs, settings: OperatorSettings, pool: NodePool,
             }
         ],
         "volumes": volumes,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_S,
+        "terminationGracePeriodSeconds": grace,
     }
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
