@@ -213,3 +213,28 @@ def test_resuming_a_halted_run_is_an_explicit_tenant_action(tmp_path, legal):
     out = control_step(resumed_inputs)
     assert out.resumed and out.status_patch["phase"] == "Running"
     assert cond(out.status_patch, FORGETTING)["reason"] == "ResumedByTenant"
+
+
+def _with_extension(root: Path, step: int, report: dict) -> None:
+    write_ckpt(root, step, 24.0, 0.0)
+    path = root / step_dir_name(step) / CHECKPOINT_METRICS_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "tokenizer_extension": report}))
+
+
+def test_the_tokenizer_extension_report_becomes_status_and_a_condition(tmp_path, legal):
+    spec, policy = legal
+    now = time.time()
+    helped = {"added": ["licensee", "sublicense"], "tokens_before": 1000, "tokens_after": 900, "token_reduction": 0.1,
+              "chars_per_token_before": 3.7, "chars_per_token_after": 4.1, "warning": None}  # fmt: skip
+    _with_extension(tmp_path / "a", 500, helped)
+    out = control_step(inputs(spec, policy, {}, metrics(500, 0.0, now), LocalCheckpointStore(tmp_path / "a"), now))
+    assert out.status_patch["tokenizerExtension"] == {"addedTokens": 2, "tokensBefore": 1000, "tokensAfter": 900, "tokenReduction": 0.1,
+                                                      "charsPerTokenBefore": 3.7, "charsPerTokenAfter": 4.1}  # fmt: skip
+    c = cond(out.status_patch, "TokenizerExtensionEffective")
+    assert (c["status"], c["reason"]) == ("True", "FewerTokens") and "10.0% fewer tokens" in c["message"]
+    worse = {**helped, "tokens_after": 1004, "token_reduction": -0.004,
+             "warning": "tokenizer extension did not reduce the domain token count: 1000 -> 1004"}  # fmt: skip
+    _with_extension(tmp_path / "b", 500, worse)
+    out = control_step(inputs(spec, policy, {}, metrics(500, 0.0, now), LocalCheckpointStore(tmp_path / "b"), now))
+    c = cond(out.status_patch, "TokenizerExtensionEffective")
+    assert (c["status"], c["reason"]) == ("False", "NoTokenReduction") and "1000 -> 1004" in c["message"]

@@ -374,6 +374,17 @@ class CostEstimate(StatusModel):
     cost: float | None = Field(None, ge=0.0, description="Cost at the configured price per GPU-hour.")
 
 
+class TokenizerExtensionStatus(StatusModel):
+    """What the vocabulary extension did to the domain eval sample (the trainer's metrics.json)."""
+
+    added_tokens: int | None = Field(None, ge=0, description="Tokens added to the vocabulary.")
+    tokens_before: int | None = Field(None, ge=0, description="Tokens of the domain sample with the base tokenizer.")
+    tokens_after: int | None = Field(None, ge=0, description="Tokens of the same sample with the extended tokenizer.")
+    token_reduction: float | None = Field(None, description="Fraction of tokens saved (negative: more tokens).")
+    chars_per_token_before: float | None = Field(None, description="Characters per token before.")
+    chars_per_token_after: float | None = Field(None, description="Characters per token after.")
+
+
 class EngineStatus(StatusModel):
     """The engine the trainer runs and why (decide/engine_choice.py, the trainer's own rule)."""
 
@@ -447,6 +458,9 @@ class CPTRunStatus(StatusModel):
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
     rollbacks: list[RollbackRecord] = Field(default_factory=list, max_length=10, description="action Rollback: every attempt, in order.")
     engine: EngineStatus | None = Field(None, description="The engine, ZeRO stage, precision and compile mode the trainer runs, and why.")
+    tokenizer_extension: TokenizerExtensionStatus | None = Field(
+        None, description="The vocabulary extension's effect on the domain eval sample (condition TokenizerExtensionEffective)."
+    )
     checkpoint_storage: CheckpointStorageStatus | None = Field(
         None, description="Where the checkpoints are and whether they are deleted with the run, as fixed when the job was created."
     )

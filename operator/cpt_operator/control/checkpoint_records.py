@@ -67,21 +67,26 @@ def new_record(step: int, uri: str, metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def record_listed(store: CheckpointStore, existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[int], float | None]:
-    """(records, listed steps, baseline domain perplexity): the existing records plus one for
-    every complete checkpoint the store lists that is not recorded yet (read from its
-    metrics.json). Raises the store's StorageError."""
+def record_listed(
+    store: CheckpointStore, existing: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], set[int], float | None, dict[str, Any] | None]:
+    """(records, listed steps, baseline domain perplexity, the tokenizer-extension report of
+    metrics.json): the existing records plus one for every complete checkpoint the store lists
+    that is not recorded yet (read from its metrics.json). Raises the store's StorageError."""
     records = {int(r["step"]): dict(r) for r in existing}
     listed: set[int] = set()
     baseline_domain: float | None = None
+    extension: dict[str, Any] | None = None
     for entry in store.list_complete():
         listed.add(entry.step)
         metrics = store.read_metrics(entry.step) or {}
         baseline_domain = metrics.get("baseline_domain_perplexity", baseline_domain)
+        if isinstance(metrics.get("tokenizer_extension"), dict):
+            extension = metrics["tokenizer_extension"]  # the same in every checkpoint of a run
         if entry.step in records and (not records[entry.step].get("deleted") or store.deletes_later):
             continue  # recorded already; or its deletion is decided and the trainer has yet to carry it out
         records[entry.step] = new_record(entry.step, entry.uri, metrics)
-    return [records[s] for s in sorted(records)], listed, baseline_domain
+    return [records[s] for s in sorted(records)], listed, baseline_domain, extension
 
 
 def confirmed_steps(previous: list[dict[str, Any]], listed: set[int]) -> set[int]:

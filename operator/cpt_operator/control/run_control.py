@@ -63,6 +63,10 @@ METRICS_UNAVAILABLE = "MetricsUnavailable"
 METRICS_STALE = "MetricsStale"
 WITHIN_THRESHOLD = "WithinThreshold"
 RESUMED = "ResumedByTenant"
+TOKENIZER_EFFECTIVE = "TokenizerExtensionEffective"
+"""The vocabulary extension reduced the domain token count (False: it did not, with the numbers)."""
+FEWER_TOKENS = "FewerTokens"
+NO_TOKEN_REDUCTION = "NoTokenReduction"
 ROLLING_BACK = "RollingBack"
 """action Rollback: the run restarts from its best eligible checkpoint with more replay and a lower LR."""
 RESUME_ANNOTATION = "cpt.dev/resume-after-step"
@@ -245,6 +249,30 @@ def _deletion_hold(inputs: ControlInputs, m: RunMetrics) -> tuple[str, str] | No
     return None
 
 
+def _tokenizer_extension(report: dict[str, Any], conditions: list[dict[str, Any]], gen: int | None,
+                         now: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """status.tokenizerExtension and its condition from the trainer's report in metrics.json:
+    token counts on the domain eval sample before and after; no reduction is a False condition."""
+    def num(key: str) -> Any:
+        value = report.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    added = report.get("added")
+    status = {k: v for k, v in {
+        "addedTokens": len(added) if isinstance(added, list) else None, "tokensBefore": num("tokens_before"),
+        "tokensAfter": num("tokens_after"), "tokenReduction": num("token_reduction"),
+        "charsPerTokenBefore": num("chars_per_token_before"), "charsPerTokenAfter": num("chars_per_token_after"),
+    }.items() if v is not None}  # fmt: skip
+    warning = report.get("warning")
+    if isinstance(warning, str) and warning:
+        conditions = set_condition(conditions, TOKENIZER_EFFECTIVE, False, NO_TOKEN_REDUCTION, warning[:1024], gen, now)
+    elif status.get("tokenReduction") is not None:
+        message = (f"{status.get('addedTokens', 0)} added tokens: the domain sample takes "
+                   f"{status['tokenReduction']:.1%} fewer tokens ({status.get('tokensBefore')} -> {status.get('tokensAfter')})")
+        conditions = set_condition(conditions, TOKENIZER_EFFECTIVE, True, FEWER_TOKENS, message, gen, now)
+    return status, conditions
+
+
 def control_step(inputs: ControlInputs) -> ControlOutcome:
     """Decide one pass; see the module docstring."""
     out = ControlOutcome()
@@ -290,7 +318,9 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
     store_ok = inputs.store is not None
     if inputs.store is not None:
         try:
-            records, listed, baseline_domain = record_listed(inputs.store, previous)
+            records, listed, baseline_domain, extension = record_listed(inputs.store, previous)
+            if extension is not None:
+                patch["tokenizerExtension"], conditions = _tokenizer_extension(extension, conditions, gen, now_text)
             # The abandoned branch of a rollback (after its fromStep, written by an earlier
             # attempt): the trainer removes it when it resumes; never recorded, kept or deleted here.
             gone = {int(r["step"]) for r in records if abandoned(int(r["step"]), r.get("attempt"), rollbacks)}
