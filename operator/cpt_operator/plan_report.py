@@ -13,7 +13,6 @@ from cpt_trainer.contract.task_file import TaskFileError, read_task_file
 
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.common import describe_location, overlap
-from cpt_operator.api.corpus import CorpusSpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.api.references import reference_problems
 from cpt_operator.api.resources import Resource

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,29 @@ def assert_one_clear_line(result, *expected: str, limit: int = 400) -> str:
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
     return err
+
+
+def cpt(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The real `cpt` CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "cpt_operator.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def write_legal(tmp_path: Path, run_overrides: dict, name: str = "legal") -> Path:
+    """The legal example with the CPTRun's spec deep-merged with `run_overrides`."""
+    out = tmp_path / name
+    out.mkdir()
+    for path in (EXAMPLES / "legal-cpt").glob("*.yaml"):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
+            if doc["kind"] == "CPTRun":
+                _merge(doc["spec"], copy.deepcopy(run_overrides))
+        (out / path.name).write_text(yaml.safe_dump_all(docs))
+    return out
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

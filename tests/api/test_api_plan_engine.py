@@ -5,15 +5,14 @@ stage the memory estimate uses (`plan_report.effective_zero_stage`)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+
+from api_helpers import cpt, write_legal
 
 from cpt_operator.api.resources import load_manifests
 from cpt_operator.decide.engine_choice import GPU_FRACTION, TRAINING_STATE_BYTES_PER_PARAMETER, engine_choice
@@ -23,31 +22,6 @@ from cpt_operator.render.trainer_config import render_trainer_config
 REPO = Path(__file__).resolve().parents[2]
 LEGAL = REPO / "examples" / "legal-cpt"
 GIB = 2**30
-
-
-def cpt(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpt_operator.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def write_legal(tmp_path: Path, run_overrides: dict, name: str = "legal") -> Path:
-    """The legal example with the CPTRun's spec deep-merged with `run_overrides`."""
-    out = tmp_path / name
-    out.mkdir()
-    for path in LEGAL.glob("*.yaml"):
-        docs = list(yaml.safe_load_all(path.read_text()))
-        for doc in docs:
-            if doc["kind"] == "CPTRun":
-                _merge(doc["spec"], copy.deepcopy(run_overrides))
-        (out / path.name).write_text(yaml.safe_dump_all(docs))
-    return out
-
-
-def _merge(into: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 def plan_of(folder: Path) -> tuple[dict, str]:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from control_helpers import metrics, write_ckpt
+
 from cpt_operator.api.resources import load_manifests
-from cpt_operator.control.prometheus import RunMetrics
 from cpt_operator.control.run_control import (
     CHECKPOINTS_ROTATED,
     FORGETTING,
@@ -21,8 +22,7 @@ from cpt_operator.control.run_control import (
     control_step,
 )
 from cpt_operator.control.storage import LocalCheckpointStore, StorageError, step_dir_name
-from cpt_trainer.contract import metrics as names
-from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
+from cpt_trainer.contract.metrics import CHECKPOINT_METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,22 +33,6 @@ def legal():
     return res["CPTRun"].spec, res["CheckpointPolicy"].spec  # keepLastN 2, keepBestK 2, milestones 5000
 
 
-def write_ckpt(root: Path, step: int, domain: float, regression: float) -> None:
-    folder = root / step_dir_name(step)
-    folder.mkdir(parents=True)
-    (folder / CHECKPOINT_METRICS_FILE).write_text(json.dumps({
-        "step": step, "domain_perplexity": domain, "general_scores": {"general-ppl": 10 * (1 + regression)},
-        "general_regression": regression, "baseline_domain_perplexity": 30.0,
-    }))  # fmt: skip
-    (folder / CHECKPOINT_COMPLETE_MARKER).write_text("")
-
-
-def metrics(step: int, regression: float, now: float) -> RunMetrics:
-    m = RunMetrics(newest_timestamp=now)
-    m.values = {names.STEP.name: step, names.TOKENS_SEEN.name: step * 2_097_152, names.TOKENS_PER_SECOND.name: 500_000.0,
-                names.EVAL_STEP.name: step, names.GENERAL_REGRESSION.name: regression, names.DOMAIN_PERPLEXITY.name: 20.0}  # fmt: skip
-    m.general_scores = {"general-ppl": 10.5}
-    return m
 
 
 def inputs(spec, policy, status, m, store, now, error=None):
