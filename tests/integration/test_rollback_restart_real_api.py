@@ -4,7 +4,8 @@ tests/control/test_control_rollback.py), the run's reconcile writes the rollback
 config (resume step, attempt, scaled mix and learning rate), stops the PyTorchJob, and starts it
 again only after the training operator reports it Suspended (its pods gone), so every new pod
 reads the new config; then the attempt is Resumed. There is no training operator here: the
-test writes the job's Suspended condition as it would."""
+test writes the job's Suspended condition as it would, and the control loop's two writes
+(status.rollbacks, then the job stopped)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ async def test_a_recorded_rollback_restarts_the_job_with_the_rollback_config(ide
         record = {"attempt": 1, "fromStep": 500, "atStep": 1500, "regression": 0.06, "alpha": before["data"]["alpha"],
                   "learningRate": before["optim"]["learning_rate"] * 0.5, "outcome": "Restarting", "at": "2026-01-01T00:00:02Z"}  # fmt: skip
         await admin.patch_status(kube.CPTRUNS, namespace, RUN, {"status": {"rollbacks": [record]}})
+        # ... and then stops the job (handlers/control.py; no Kueue here: runPolicy.suspend). Kopf's
+        # update handler ignores status changes: the job's change is what wakes the run's reconcile.
+        await admin.patch(kube.PYTORCHJOBS, namespace, job_name, {"spec": {"runPolicy": {"suspend": True}}})
 
         async def stopped_with_new_config() -> dict[str, Any] | None:
             job = await admin.get(kube.PYTORCHJOBS, namespace, job_name)

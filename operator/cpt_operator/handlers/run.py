@@ -22,6 +22,7 @@ from cpt_operator.decide.run import (
     RunDecision, RunFacts, decide_checkpoint_deletion, decide_run, run_status,
 )  # fmt: skip
 from cpt_operator.conditions import conditions_with
+from cpt_operator.decide.rollback import restarting
 from cpt_operator.decide.run_phase import JobView
 from cpt_operator.decide.trainer_report import unavailable_from_pods
 from cpt_operator.handlers.common import NotOwned, check_secret, ensure_object, retry_later, write_status
@@ -126,10 +127,20 @@ async def apply_run(ctx: OperatorContext, f: RunFacts, d: RunDecision, body: Any
         # Stopped the way whoever admits the job supports (under Kueue: its Workload). Before
         # a start, a fresh read: this event's body may predate the control loop's halt.
         patched = await control_job(ctx, f.namespace, job_body, d.want_stopped, logger,
-                                    veto_start=lambda: halted_meanwhile(ctx, f.namespace, f.name))  # fmt: skip
+                                    veto_start=lambda: stopped_meanwhile(ctx, f))  # fmt: skip
         if patched is not None:
             job_body = patched
     return JobView.from_body(job_body)
+
+
+async def stopped_meanwhile(ctx: Any, f: RunFacts) -> bool:
+    """A fresh read before un-suspending: the control loop may have halted the run, or decided a
+    rollback (which restarts the job only with its new config), after this event was sent."""
+    fresh = await ctx.kube.get(kube.CPTRUNS, f.namespace, f.name)
+    st = (fresh or {}).get("status") or {}
+    if st.get("phase") == "Halted" or (st.get("halt") or {}).get("action") == "Halt":
+        return True
+    return restarting(list(st.get("rollbacks") or [])) and not restarting(list(f.status.get("rollbacks") or []))
 
 
 async def halted_meanwhile(ctx: Any, namespace: str, name: str) -> bool:
