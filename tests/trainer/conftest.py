@@ -166,3 +166,18 @@ def cloze_task(tmp_path_factory, texts) -> Path:
     items = cloze_items(general_documents()[300:420], texts["legal"], count=80)
     assert len(items) >= 60
     return write_task_file(items, tmp_path_factory.mktemp("cloze") / "cloze.jsonl")
+
+
+@pytest.fixture
+def bucket(moto_endpoint, request):
+    """(client, name): the test module's `BUCKET` on the moto server, emptied and removed after."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    name = request.module.BUCKET
+    client.create_bucket(Bucket=name)
+    yield client, name
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", [])]
+    if keys:
+        client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys]})
+    client.delete_bucket(Bucket=name)

@@ -5,7 +5,6 @@ run; a restart with the same config keeps the new branch; S3 deletion stays insi
 import json
 import logging
 
-import boto3
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +16,8 @@ from cpt_trainer.train.distributed import DistEnv
 from cpt_trainer.train.main import prepare
 
 TOTAL, INTERVAL = 12, 4
+
+BUCKET = "cpt-rollback"  # the shared `bucket` fixture (conftest.py) creates it
 
 
 def _name(step: int) -> str:
@@ -115,17 +116,6 @@ def test_resume_step_must_not_be_negative():
     with pytest.raises(ValueError):
         CheckpointConfig(uri="/x", resume_step=-1)
 
-
-@pytest.fixture
-def bucket(moto_endpoint):
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    name = "cpt-rollback"
-    client.create_bucket(Bucket=name)
-    yield client, name
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", [])]
-    if keys:
-        client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys]})
-    client.delete_bucket(Bucket=name)
 
 
 def _keys(client, bucket, prefix=""):

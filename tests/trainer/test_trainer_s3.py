@@ -12,6 +12,8 @@ from cpt_trainer.train.errors import TrainerInputError
 from cpt_trainer.train.main import prepare
 from cpt_trainer.train.s3_staging import stage
 
+BUCKET = "cpt-keys"  # the shared `bucket` fixture (conftest.py) creates it
+
 
 @pytest.fixture
 def s3(moto_endpoint, model_dir, corpora):
@@ -71,17 +73,6 @@ def test_missing_s3_model_is_a_clear_error(s3, make_config, moto_endpoint, capsy
     assert cli.main(["train", "--config", str(path)]) == 2
     assert "model path not found" in capsys.readouterr().err
 
-
-@pytest.fixture
-def bucket(moto_endpoint):
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    name = "cpt-keys"
-    client.create_bucket(Bucket=name)
-    yield client, name
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", [])]
-    if keys:
-        client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys]})
-    client.delete_bucket(Bucket=name)
 
 
 def _files(folder):
