@@ -42,7 +42,7 @@ from cpt_trainer.contract.config import CheckpointConfig, S3Settings
 from cpt_trainer.contract.metrics import CHECKPOINT_COMPLETE_MARKER, CHECKPOINT_METRICS_FILE
 from cpt_trainer.train.distributed import DistEnv, barrier
 from cpt_trainer.train.errors import TrainerInputError
-from cpt_trainer.train.s3_staging import S3Store, is_s3, join_s3, split_s3
+from cpt_trainer.train.s3_staging import S3Store, is_s3, join_s3
 
 logger = logging.getLogger(__name__)
 
@@ -214,21 +214,15 @@ class CheckpointManager:
 
     def _remove_after_remote(self, step: int) -> list[str]:
         assert self.store is not None
-        client = self.store._client  # single-object deletes and a root-level listing; S3Store has neither
-        bucket, prefix = split_s3(self.cfg.uri)
         names = sorted((n for n in self.store.list_folders(self.cfg.uri) if (checkpoint_step(n) or 0) > step),
                        key=checkpoint_step)
         for name in names:
-            _, key = split_s3(join_s3(self.cfg.uri, name, CHECKPOINT_COMPLETE_MARKER))
-            client.delete_object(Bucket=bucket, Key=key)
+            self.store.delete_object(join_s3(self.cfg.uri, name, CHECKPOINT_COMPLETE_MARKER))
         for name in names:
             self.store.delete_folder(join_s3(self.cfg.uri, name))  # only keys below <uri>/step-NNNNNNNN/
-        root = prefix + "/" if prefix else ""
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root + "rollback-", Delimiter="/")
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if (rollback_marker_step(obj["Key"][len(root):]) or 0) > step:
-                    client.delete_object(Bucket=bucket, Key=obj["Key"])
+        for file in self.store.list_files(self.cfg.uri):
+            if (rollback_marker_step(file) or 0) > step:
+                self.store.delete_object(join_s3(self.cfg.uri, file))
         return names
 
     def fetch(self, name: str) -> Path:

@@ -59,6 +59,19 @@ class S3Store:
             keys.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
         return keys
 
+    def list_files(self, uri: str) -> list[str]:
+        """Names of the objects directly below `uri` (not in its subfolders)."""
+        bucket, prefix = split_s3(uri)
+        prefix = prefix + "/" if prefix else ""
+        names: list[str] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
+        return names
+
+    def delete_object(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self._client.delete_object(Bucket=bucket, Key=key)
+
     def list_folders(self, uri: str) -> list[str]:
         """Names of the immediate sub-folders of `uri`."""
         bucket, prefix = split_s3(uri)
