@@ -38,6 +38,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_launch(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "train":
+        return _run(args)
+    from cpt_trainer.train.distributed import leave, multi_process
+
+    try:
+        code = _run(args)
+    except SystemExit as exc:
+        leave(exc.code if isinstance(exc.code, int) else 1)
+        raise
+    except BaseException:
+        # A rank of a multi-process run prints the traceback itself: it leaves without the
+        # interpreter's teardown (distributed.leave); one process re-raises as usual.
+        if multi_process():
+            import traceback
+
+            traceback.print_exc()
+            leave(1)
+        raise
+    return leave(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     from cpt_trainer.contract.config import ConfigError
     from cpt_trainer.train.launcher import record_exception, record_rank_error
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from cpt_trainer.contract.config import TrainerConfig
-from cpt_trainer.train.distributed import DistEnv
+from cpt_trainer.train.distributed import DistEnv, keep_until_exit
 from cpt_trainer.train.errors import TrainerInputError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class TorchEngine:
             train_module = DistributedDataParallel(
                 model, device_ids=[device.index] if on_gpu else None, gradient_as_bucket_view=True
             )
+            keep_until_exit(train_module)  # its reducer's destructor must not run at exit (distributed.leave)
         self._ddp = train_module if dist.world_size > 1 else None
         if cfg.engine.compile:
             # The DDP-wrapped module is compiled (torch's DDP+compile path: Dynamo's DDPOptimizer

@@ -134,11 +134,8 @@ class TrainingRun:
 
     def close(self) -> None:
         self.metrics.close()
-        # Tear the process group down before the interpreter exits: a gloo/DDP C++ thread still
-        # joinable at exit aborts the rank ("terminate called without an active exception",
-        # SIGABRT), which the launcher would report as a failed run after a completed one.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        # The process group is not destroyed here: a rank of a multi-process run ends through
+        # distributed.leave (cpt_trainer.cli), which explains why.
 
 
 def _load_corpus(uri: str, name: str, cache: Path, cfg: TrainerConfig, tokenizer) -> Manifest:
