@@ -58,9 +58,17 @@ def _final(ck: Path) -> Path:
 
 def _run(config: Path, tmp_path: Path, name: str) -> str:
     with open(tmp_path / f"{name}.log", "wb") as log:
-        rc = _launch(config, tmp_path, log).wait(timeout=500)
+        proc = _launch(config, tmp_path, log)
+        try:
+            rc = proc.wait(timeout=500)
+        except subprocess.TimeoutExpired:  # a hung rank: end the tree, then show what it printed
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+            rc = "hung (killed after 500 s)"
     text = (tmp_path / f"{name}.log").read_text(errors="replace")
-    assert rc == 0, text[-3000:]
+    assert rc == 0, f"{rc}: {text[-3000:]}"
     return text
 
 
