@@ -69,6 +69,9 @@ WAITING_FOR_ADMISSION = "WaitingForQueueAdmission"
 NOT_SUSPENDED = "NotSuspended"
 JOB_SUCCEEDED = "JobSucceeded"
 JOB_FAILED = "JobFailed"
+RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
+"""Failed: the PyTorchJob restarted more than the operator's backoffLimit without a new checkpoint
+(decide/restarts.py); the operator stopped it."""
 # EvaluationUnavailable
 BENCHMARK_CANNOT_RUN = "BenchmarkCannotRun"
 NOT_FINISHED = "NotFinished"

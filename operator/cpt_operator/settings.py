@@ -143,7 +143,12 @@ class OperatorSettings(BaseSettings):
     metrics_stale_seconds: float = Field(300.0, gt=0, description="Metrics older than this count as unavailable.")
     achieved_tflops_per_gpu: float = Field(400.0, gt=0, description="Achieved TFLOP/s per GPU for cost estimates.")
     price_per_gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU-hour for cost estimates.")
-    backoff_limit: int = Field(3, ge=0, description="PyTorchJob/Job backoffLimit.")
+    backoff_limit: int = Field(
+        3, ge=0,
+        description="Restarts a run's PyTorchJob may make without a new checkpoint; one more and the operator stops it "
+        "and fails the run (RestartLimitExceeded). Also runPolicy.backoffLimit of the PyTorchJob and backoffLimit of "
+        "curation Jobs.",
+    )  # fmt: skip
     termination_grace_period_seconds: int = Field(
         360, ge=30, le=86400, description="Trainer pods' terminationGracePeriodSeconds unless a run sets its own."
     )

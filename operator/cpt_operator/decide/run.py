@@ -13,6 +13,9 @@ Rules that hold whatever else the spec says:
   changed, a defaulted field a CRD upgrade added, a spec that no longer parses);
 - a refused run is never started or restarted; a running one is left as it is;
 - a finished run never trains again; a halted one stays halted until the control loop says;
+- a job that restarts more than the operator's backoffLimit without a new checkpoint is stopped
+  and the run fails (decide/restarts.py: the training operator does not cap ExitCode restarts);
+  its job stays stopped;
 - objects that exist under the names this run uses count only when this run owns them
   (a controller owner reference with its uid): a tenant's look-alike is never adopted;
 - where the run's checkpoints are and whether they go with it are fixed when its job is
@@ -38,6 +41,7 @@ from cpt_operator.decide.checks import (
 from cpt_operator.decide.dependencies import decide_dependencies
 from cpt_operator.decide.engine_choice import engine_choice
 from cpt_operator.decide.immutable import changed_immutable_fields
+from cpt_operator.decide.restarts import RestartCount, count_restarts, limit_message, newest_checkpoint_step
 from cpt_operator.decide.rollback import restarting
 from cpt_operator.decide.run_phase import TERMINAL_PHASES, JobView, job_state
 from cpt_operator.decide.suspend import initial_suspend, kueue_managed
@@ -90,6 +94,9 @@ class RunDecision:
     tenant_suspend: bool = False
     halted: bool = False
     job_ignored: bool = False  # a job of the run's name it does not own: never mirrored or controlled
+    # The run failed by the restart limit (decide/restarts.py): the Failed condition's message; the job stays stopped.
+    restart_limit: str | None = None
+    restart_count: RestartCount | None = None  # set when the limit was exceeded on this look (Event, exit code)
 
     def message_of(self, type_: str) -> str:
         """The message of the last update to condition `type_` ("" when none)."""
@@ -176,9 +183,30 @@ def _raw_suspend(spec: dict[str, Any]) -> bool:
 def _stop_only(d: RunDecision, f: RunFacts) -> RunDecision:
     """A refused or not-ready run: an existing job is stopped when a stop is wanted, never started."""
     terminal = f.status.get("phase") in TERMINAL_PHASES
-    if f.job is not None and not terminal and (d.tenant_suspend or d.halted):
+    if f.job is not None and (d.restart_limit is not None or (not terminal and (d.tenant_suspend or d.halted))):
         d.want_stopped = True
     return d
+
+
+def _job_finished(view: JobView) -> bool:
+    return any(x.get("type") in ("Succeeded", "Failed") and x.get("status") == "True" for x in view.conditions)
+
+
+def _restart_limit(d: RunDecision, f: RunFacts, view: JobView | None) -> None:
+    """Count the job's restarts (status.restarts) and fail the run over the limit; a run that
+    failed so keeps its Failed message (and its job stopped) on every later look."""
+    failed = c.find_condition(f.status.get("conditions"), c.FAILED)
+    if failed is not None and failed.get("status") == "True" and failed.get("reason") == c.RESTART_LIMIT_EXCEEDED:
+        d.restart_limit = str(failed.get("message") or "")
+        return
+    if view is None or f.status.get("phase") in TERMINAL_PHASES or _job_finished(view):
+        return
+    r = count_restarts(f.status.get("restarts"), view.conditions, newest_checkpoint_step(f.status), f.settings.backoff_limit)
+    if r.record is not None:
+        d.status["restarts"] = r.record
+    if r.exceeded:
+        d.restart_limit = limit_message(r, view.name)
+        d.restart_count = r
 
 
 def decide_run(f: RunFacts) -> RunDecision:
@@ -190,6 +218,8 @@ def decide_run(f: RunFacts) -> RunDecision:
         d.phase = f.status.get("phase") or "Pending"
         d.job_ignored = True
         return d  # never mirrored, never controlled: not ours
+    # 0. Restarts, whatever the spec says now: only the job and the status count.
+    _restart_limit(d, f, view)
 
     # 1. The spec, as the API server stored it (schema and CEL ran there already).
     try:
@@ -280,7 +310,9 @@ def decide_run(f: RunFacts) -> RunDecision:
         d.job = render_pytorchjob(inputs, f.settings, pool, suspend, config_text)
         return d
     d.patch_config = view.config_digest != digest(config_text)  # a mutable field changed: the next trainer start reads it
-    if f.status.get("phase") not in TERMINAL_PHASES:
+    if d.restart_limit is not None:
+        d.want_stopped = True  # failed by the restart limit: stopped, and kept stopped (even if Kueue or a tenant starts it)
+    elif f.status.get("phase") not in TERMINAL_PHASES:
         d.want_stopped = run.suspend or d.halted
         if restarting(rollbacks) and not d.halted:
             # A rollback: stop the job with the new config written, and start it once its pods are
@@ -311,6 +343,10 @@ def run_status(f: RunFacts, d: RunDecision, view: JobView | None, halted: bool) 
         ):  # fmt: skip
             updates.append((type_, ok, reason, message))
         phase = state.phase
+        if d.restart_limit is not None:  # stopped by the operator: the run failed, whatever the job says now
+            updates += [(c.RUNNING, False, c.JOB_NOT_RUNNING, "stopped by the operator: restart limit exceeded"),
+                        (c.SUSPENDED, False, c.NOT_SUSPENDED, ""), (c.FAILED, True, c.RESTART_LIMIT_EXCEEDED, d.restart_limit)]  # fmt: skip
+            phase = "Failed"
         if d.accepted and d.configmap is not None:
             desired["startedAt"] = f.status.get("startedAt") or f.now
             desired["pytorchJobName"] = view.name

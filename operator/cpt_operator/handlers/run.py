@@ -22,6 +22,7 @@ from cpt_operator.decide.run import (
     RunDecision, RunFacts, decide_checkpoint_deletion, decide_run, run_status,
 )  # fmt: skip
 from cpt_operator.conditions import conditions_with
+from cpt_operator.decide.restarts import last_exit_from_pods, limit_message
 from cpt_operator.decide.rollback import restarting
 from cpt_operator.decide.run_phase import JobView
 from cpt_operator.decide.trainer_report import unavailable_from_pods
@@ -51,6 +52,8 @@ async def reconcile_run(
         first(policies_by_name, (namespace, policy_name or "")), ctx.settings, c.now_rfc3339(),
     )  # fmt: skip
     decision = decide_run(facts)
+    if decision.restart_count is not None:
+        await describe_last_exit(ctx, facts, decision)
     try:
         view = await apply_run(ctx, facts, decision, body, logger)
     except NotOwned as exc:
@@ -66,6 +69,9 @@ async def reconcile_run(
         write_status(patch, current, run_status(facts, decision, None, decision.halted))
         # Nothing reports when the tenant removes its object: re-checked later (bounded, doubling delay).
         raise retry_later(ctx, Refusal(c.OBJECT_NOT_OWNED, decision.message_of(c.ACCEPTED)), retry)
+    if decision.restart_count is not None and decision.restart_limit:
+        logger.warning("CPTRun %s/%s failed: %s", namespace, name, decision.restart_limit)
+        kopf.warn(body, reason=c.RESTART_LIMIT_EXCEEDED, message=c.truncate_message(decision.restart_limit))
     desired = run_status(facts, decision, view, decision.halted)
     if desired["phase"] == "Failed" and not c.is_true(desired.get("conditions"), c.EVALUATION_UNAVAILABLE):
         await report_unavailable_evaluation(ctx, facts, desired)
@@ -86,6 +92,15 @@ async def report_unavailable_evaluation(ctx: OperatorContext, f: RunFacts, desir
     update = (c.EVALUATION_UNAVAILABLE, True, c.BENCHMARK_CANNOT_RUN,
               f"spec.evaluation.generalEvals {eval_name} cannot run: {message}")  # fmt: skip
     desired["conditions"] = conditions_with(desired["conditions"], [update], f.generation, f.now)
+
+
+async def describe_last_exit(ctx: OperatorContext, f: RunFacts, d: RunDecision) -> None:
+    """The restart limit's message with the last exit code, when a pod still shows it (the
+    training operator deletes the failed pod before it reports the restart: often none does)."""
+    selector = {k: v for k, v in run_pod_selector(f.name, f.uid).items() if k != "cpt.dev/replica-type"}
+    last_exit = last_exit_from_pods(await ctx.kube.list(kube.PODS, f.namespace, selector))
+    if last_exit and d.restart_count is not None and f.job is not None:
+        d.restart_limit = limit_message(d.restart_count, JobView.from_body(f.job).name, last_exit)
 
 
 class SecretMissing(Exception):

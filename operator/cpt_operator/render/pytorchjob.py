@@ -28,8 +28,11 @@ from cpt_operator.settings import NodePool, OperatorSettings
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 # The training operator finds the trainer container by this name.
 CONTAINER_NAME = "pytorch"
-# The training operator restarts a pod whose container exited >= 128 (up to backoffLimit)
-# and fails the job at once on 1-127. `cpt-trainer launch` (the container's command, PID 1)
+# The training operator recreates a pod whose container exited >= 128 and fails the job at once
+# on 1-127. It does not count those recreations against runPolicy.backoffLimit (its check sums
+# the restartCount of Running pods, 0 for a recreated pod): the operator caps them itself
+# (decide/restarts.py: more than settings.backoff_limit restarts without a new checkpoint fail
+# the run and stop the job). `cpt-trainer launch` (the container's command, PID 1)
 # exits with its ranks' root cause (docs/trainer.md "Exit codes"): 128+N for a rank killed
 # by signal N (137: OOM kill), 143 on preemption (SIGTERM: the ranks save a checkpoint and
 # stop, the next attempt resumes) -> retried; 2 invalid config or input, 1 crash or CUDA OOM
