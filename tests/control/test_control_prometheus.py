@@ -98,6 +98,24 @@ def test_direct_scrape_fallback_reads_only_the_run():
         server.shutdown()
 
 
+def test_the_operator_reads_each_evals_direction_and_both_stderrs_from_the_trainers_exporter():
+    from cpt_trainer.contract.config import RunIdentity
+    from cpt_trainer.train.metrics_exporter import TrainerMetrics
+
+    trainer = TrainerMetrics(RunIdentity(namespace="ns", name="run"))
+    trainer.record_eval(5, 12.0, {"web": 14.0, "cloze": 0.55}, {"web": 13.9, "cloze": 0.6}, 0.08, {"cloze": 0.035},
+                        {"cloze": 0.034}, {"web": False, "cloze": True})  # fmt: skip
+    port = trainer.serve(0, addr="127.0.0.1")
+    try:
+        metrics = scrape_run_metrics(f"http://127.0.0.1:{port}/metrics", "ns", "run")
+    finally:
+        trainer.close()
+    assert metrics.general_higher_is_better == {"web": False, "cloze": True}
+    assert metrics.general_stderr == {"cloze": 0.035} and metrics.baseline_general_stderr == {"cloze": 0.034}
+    assert metrics.baseline_general_scores == {"web": 13.9, "cloze": 0.6}
+    assert not {names.BASELINE_GENERAL_SCORE_STDERR.name, names.GENERAL_SCORE_HIGHER_IS_BETTER.name} & set(metrics.values)
+
+
 def test_evaluations_between_control_passes_are_recovered_by_a_range_query(prometheus_factory):
     registry = CollectorRegistry()
     gauges = {s.name: Gauge(s.name, s.help, s.labels, registry=registry) for s in (names.EVAL_STEP, names.GENERAL_REGRESSION)}

@@ -115,6 +115,21 @@ def test_attempts_are_capped_and_a_run_that_keeps_forgetting_ends_halted_with_it
     best = status["bestCheckpoint"]["step"]
     assert best == status["rollbacks"][0]["fromStep"] == status["rollbacks"][1]["fromStep"]  # nothing better since
     assert best in {c.step for c in store.list_complete()}
+    # A pass after the cap halt (phase Halted, same readings) changes nothing it decided:
+    # status.halt keeps action Halt, the condition keeps the cap text, no second Event.
+    halt, condition = copy.deepcopy(status["halt"]), copy.deepcopy(cond(status))
+    assert halt["action"] == "Halt"
+    for later in (1, 2):
+        out, status = run_pass(spec, policy, status, metrics(step, regression, now), store, now + 10 * later)
+        assert status["halt"] == halt and cond(status) == condition
+        assert not out.halt and out.rollback is None and status["phase"] == "Halted"
+        assert not [e for e in out.events if e[1] in ("ForgettingThresholdExceeded", "RollingBack")], out.events
+        assert len(status["rollbacks"]) == 2
+    # A stale writer dropped the condition: it is put back with the cap text, status.halt untouched.
+    status["conditions"] = [c for c in status["conditions"] if c["type"] != FORGETTING]
+    out, status = run_pass(spec, policy, status, metrics(step, regression, now), store, now + 30)
+    assert status["halt"] == halt and cond(status)["reason"] == "ForgettingThresholdExceeded"
+    assert "2 of 2 rollbacks used: halted" in cond(status)["message"] and not out.halt
 
 
 def test_no_eligible_checkpoint_halts_instead_of_rolling_back(legal):

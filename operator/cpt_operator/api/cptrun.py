@@ -213,9 +213,11 @@ class EvaluationSpec(APIModel):
     )
     forgetting_threshold: float = Field(0.03, gt=0.0, lt=1.0, description="Relative general regression that counts as forgetting (0.03 = 3 %).")
     min_standard_errors: float = Field(
-        1.0, ge=0.0, le=10.0,
+        2.0, ge=0.0, le=10.0,
         description="lmEvalHarness evals: a drop counts only when it also exceeds this many standard errors of the "
-        "difference from the baseline (sqrt(se^2 + se_baseline^2)); 0: the threshold alone.",
+        "difference from the baseline (sqrt(se^2 + se_baseline^2)); 0: the threshold alone (also for a point whose "
+        "stderr is missing or not finite). Default 2: a flat 200-item benchmark rarely halts a run (under 2 % of runs "
+        "at a 3 % threshold and patience 3; about a fifth with 1).",
     )  # fmt: skip
     patience: int = Field(3, ge=1, le=100, description="Consecutive evaluations over the threshold before acting.")
     action: Literal["Halt", "Warn", "Rollback"] = Field(
@@ -417,7 +419,21 @@ class HaltStatus(StatusModel):
     step: int | None = Field(None, ge=0, description="Step of the evaluation that triggered the action.")
     regression: float | None = Field(None, description="Relative general regression then.")
     threshold: float | None = Field(None, description="The threshold.")
-    action: str | None = Field(None, description="Halt or Warn.")
+    action: str | None = Field(
+        None, description="Halt (the job suspended; also a Rollback run whose rollbacks are used up or that had no "
+        "eligible checkpoint: it ends halted) or Warn (condition and Event only). A Rollback correction is recorded "
+        "in status.rollbacks, never here.",
+    )  # fmt: skip
+
+
+class RestartsStatus(StatusModel):
+    """The PyTorchJob's restarts the operator counted against its backoffLimit (the training
+    operator's own limit does not count restarts under restartPolicy ExitCode)."""
+
+    count: int = Field(ge=0, description="Restarts (new Restarting conditions of the job) since sinceCheckpointStep; "
+                                         "more than the operator's backoffLimit fails the run (reason RestartLimitExceeded).")  # fmt: skip
+    last_restart_time: str | None = Field(None, max_length=64, description="lastTransitionTime of the newest Restarting condition counted (RFC 3339): never counted twice.")  # noqa: E501
+    since_checkpoint_step: int = Field(0, ge=0, description="The run's newest checkpoint step when the count started (0: none); a newer checkpoint starts the count again.")  # noqa: E501
 
 
 class CheckpointStorageStatus(StatusModel):
@@ -456,6 +472,7 @@ class CPTRunStatus(StatusModel):
     best_checkpoint: BestCheckpoint | None = Field(None, description="The best eligible checkpoint.")
     cost_estimate: CostEstimate | None = Field(None, description="Planning estimate.")
     halt: HaltStatus | None = Field(None, description="The forgetting monitor's decision.")
+    restarts: RestartsStatus | None = Field(None, description="Restarts of the PyTorchJob counted against the operator's backoffLimit.")
     rollbacks: list[RollbackRecord] = Field(default_factory=list, max_length=10, description="action Rollback: every attempt, in order.")
     engine: EngineStatus | None = Field(None, description="The engine, ZeRO stage, precision and compile mode the trainer runs, and why.")
     tokenizer_extension: TokenizerExtensionStatus | None = Field(

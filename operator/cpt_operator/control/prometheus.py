@@ -105,6 +105,8 @@ class RunMetrics:
     general_scores: dict[str, float] = field(default_factory=dict)
     baseline_general_scores: dict[str, float] = field(default_factory=dict)
     general_stderr: dict[str, float] = field(default_factory=dict)  # benchmarks only
+    baseline_general_stderr: dict[str, float] = field(default_factory=dict)  # benchmarks only
+    general_higher_is_better: dict[str, bool] = field(default_factory=dict)
     # The newest sample's own timestamp (Prometheus: when it was scraped; a direct scrape: now),
     # never the query's evaluation time, so metricsStaleSeconds measures the data's age.
     newest_timestamp: float | None = None
@@ -158,6 +160,10 @@ def run_metrics_from_samples(samples: list[Sample]) -> RunMetrics:
             out.baseline_general_scores[s.labels.get("eval", "")] = s.value
         elif name == names.GENERAL_SCORE_STDERR.name:
             out.general_stderr[s.labels.get("eval", "")] = s.value
+        elif name == names.BASELINE_GENERAL_SCORE_STDERR.name:
+            out.baseline_general_stderr[s.labels.get("eval", "")] = s.value
+        elif name == names.GENERAL_SCORE_HIGHER_IS_BETTER.name:
+            out.general_higher_is_better[s.labels.get("eval", "")] = s.value == 1
         else:
             out.values[name] = s.value
         if s.timestamp is not None:

@@ -10,7 +10,10 @@ the run's checkpoints (their own metrics.json), and decides:
 - checkpoint rotation by the CheckpointPolicy (deletes go through the store, which
   refuses anything outside the run's prefix), of steps confirmed on two passes only
   (`checkpoint_records.confirmed_steps`);
-- the forgetting monitor (Halt: suspend + phase Halted; Warn: condition + Event).
+- the forgetting monitor (Halt: suspend + phase Halted; Warn: condition + Event; Rollback:
+  stop and restart from the best eligible checkpoint with the mix and learning rate scaled, at
+  most `rollback.maxAttempts` times, then as Halt). A halted run's `status.halt` and condition
+  stay as decided: later passes rewrite neither and post no second Event.
 
 Nothing is deleted and nothing halts while metrics are unavailable or stale, or while the
 store cannot be listed; nothing is deleted on a partial Prometheus answer (warnings) or while
@@ -457,11 +460,24 @@ def control_step(inputs: ControlInputs) -> ControlOutcome:
             out.events.append(("Warning", THRESHOLD_EXCEEDED, truncate_message(message)))
             out.halt = True
             patch["phase"] = "Halted"
+    elif forgetting.exceeded and status.get("phase") == "Halted" and status.get("halt"):
+        # Halted: the decision stands as recorded (status.halt, the condition's message, e.g. a
+        # rollback cap's); a later pass rewrites neither and posts no second Event. Only a
+        # condition a stale writer dropped is put back.
+        if not any(c["type"] == FORGETTING and c["status"] == "True" and c.get("reason") != ROLLING_BACK for c in conditions):
+            if action == "Rollback":
+                again, why = plan_rollback(inputs.spec, rollbacks, best_step, forgetting.step, forgetting.regression)
+                message = f"{message}; {why}" if again is None else message
+            elif best_step is not None:
+                message += f"; best eligible checkpoint: step {best_step}"
+            conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
     elif forgetting.exceeded:
         if best_step is not None:
             message += f"; best eligible checkpoint: step {best_step}"
         conditions = set_condition(conditions, FORGETTING, True, THRESHOLD_EXCEEDED, message, gen, now_text)
-        patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": action}
+        # A Rollback run reaches this branch only once halted (its halt record lost): it was halted.
+        recorded = "Halt" if action == "Rollback" else action
+        patch["halt"] = {"step": forgetting.step, "regression": forgetting.regression, "threshold": threshold, "action": recorded}
         if not already:
             out.events.append(("Warning", THRESHOLD_EXCEEDED, truncate_message(message)))
         if action in ("Halt", "Rollback") and status.get("phase") != "Halted":

@@ -41,6 +41,17 @@ GENERAL_SCORE_STDERR = MetricSpec(
 BASELINE_GENERAL_SCORE = MetricSpec(
     "cpt_baseline_general_score", "gauge", "General score of the base model, measured before the first update.", RUN_LABELS + ("eval",)
 )
+BASELINE_GENERAL_SCORE_STDERR = MetricSpec(
+    "cpt_baseline_general_score_stderr", "gauge",
+    "Standard error of the base model's benchmark accuracy (benchmarks only): with cpt_general_score_stderr, the "
+    "noise of the drop, sqrt(se^2 + se_baseline^2), that eval.min_standard_errors multiplies.",
+    RUN_LABELS + ("eval",),
+)
+GENERAL_SCORE_HIGHER_IS_BETTER = MetricSpec(
+    "cpt_general_score_higher_is_better", "gauge",
+    "Direction of each general eval's cpt_general_score: 1 higher is better (benchmark accuracy), 0 lower is better (perplexity).",
+    RUN_LABELS + ("eval",),
+)
 GENERAL_REGRESSION = MetricSpec(
     "cpt_general_regression_ratio",
     "gauge",
@@ -85,6 +96,8 @@ TRAINER_METRICS: tuple[MetricSpec, ...] = (
     GENERAL_SCORE,
     GENERAL_SCORE_STDERR,
     BASELINE_GENERAL_SCORE,
+    BASELINE_GENERAL_SCORE_STDERR,
+    GENERAL_SCORE_HIGHER_IS_BETTER,
     GENERAL_REGRESSION,
     EVAL_STEP,
     LAST_CHECKPOINT_STEP,

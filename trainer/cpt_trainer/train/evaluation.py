@@ -8,7 +8,11 @@ scored with its standard error. Regression of one general eval = (score - baseli
 baseline when lower is better, (baseline - score) / baseline when higher is better; the run's
 is the worst one. The stderr rule: a benchmark's drop that is not larger than
 `min_standard_errors` x sqrt(se^2 + se_baseline^2) is indistinguishable from noise and counts
-as 0 (an improvement keeps its negative value), so one noisy point never crosses the threshold.
+as 0 (an improvement keeps its negative value), so one noisy point does not cross the threshold.
+Both scores are independent estimates (the baseline once, the current one now), so the noise of
+their difference is the root sum of squares of the two standard errors. A benchmark point whose
+stderr (or its baseline's) is missing or not finite falls back to the threshold alone (k = 0) for
+that point, with one warning per eval: a NaN must never disable the gate.
 """
 
 from __future__ import annotations
@@ -84,6 +88,13 @@ class EvalResult:
                 "stderr": dict(self.stderr)}
 
 
+_WARNED_NO_STDERR: set[str] = set()  # evals already warned about (once each per process)
+
+
+def _finite(value: float | None) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def general_regression(result: EvalResult, baseline: EvalResult | None, min_standard_errors: float = 0.0) -> float | None:
     """Worst relative regression of the general evals against the baseline (None: nothing to
     compare), with the stderr rule of the module docstring for evals that report a stderr."""
@@ -97,10 +108,15 @@ def general_regression(result: EvalResult, baseline: EvalResult | None, min_stan
         drop = base - score if result.higher_is_better.get(name) else score - base
         value = drop / base
         se, se_base = result.stderr.get(name), baseline.stderr.get(name)
-        if value > 0 and min_standard_errors > 0 and se is not None and se_base is not None:
-            noise = math.sqrt(se**2 + se_base**2) if math.isfinite(se) and math.isfinite(se_base) else math.inf
-            if drop <= min_standard_errors * noise:
-                value = 0.0
+        benchmark = name in result.stderr or name in baseline.stderr or bool(result.higher_is_better.get(name))
+        if value > 0 and min_standard_errors > 0 and benchmark:
+            if _finite(se) and _finite(se_base):
+                if drop <= min_standard_errors * math.sqrt(se**2 + se_base**2):  # type: ignore[operator]
+                    value = 0.0
+            elif name not in _WARNED_NO_STDERR:
+                _WARNED_NO_STDERR.add(name)
+                logger.warning("general eval %s: stderr %s (baseline %s) is missing or not finite: the threshold alone "
+                               "decides its regression (min_standard_errors not applied)", name, se, se_base)
         worst = value if worst is None else max(worst, value)
     return worst
 

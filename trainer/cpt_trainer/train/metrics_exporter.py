@@ -66,15 +66,20 @@ class TrainerMetrics:
         self._metrics[m.TOKENS_SEEN.name].labels(**self._run).inc(tokens)
 
     def record_eval(self, step: int, domain_perplexity: float | None, general: dict[str, float],
-                    baseline: dict[str, float], regression: float | None, stderr: dict[str, float] | None = None) -> None:
+                    baseline: dict[str, float], regression: float | None, stderr: dict[str, float] | None = None,
+                    baseline_stderr: dict[str, float] | None = None, higher_is_better: dict[str, bool] | None = None) -> None:
         if domain_perplexity is not None:
             self._gauge(m.DOMAIN_PERPLEXITY, domain_perplexity)
         for name, score in general.items():
             self._gauge(m.GENERAL_SCORE, score, eval=name)
+        for name, up in (higher_is_better or {}).items():
+            self._gauge(m.GENERAL_SCORE_HIGHER_IS_BETTER, 1 if up else 0, eval=name)
         for name, se in (stderr or {}).items():
             self._gauge(m.GENERAL_SCORE_STDERR, se, eval=name)
         for name, score in baseline.items():
             self._gauge(m.BASELINE_GENERAL_SCORE, score, eval=name)
+        for name, se in (baseline_stderr or {}).items():
+            self._gauge(m.BASELINE_GENERAL_SCORE_STDERR, se, eval=name)
         if regression is not None:
             self._gauge(m.GENERAL_REGRESSION, regression)
         self._gauge(m.EVAL_STEP, step)
