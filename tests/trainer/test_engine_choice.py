@@ -67,9 +67,18 @@ def test_deepspeed_on_cpu_runs_as_one_plain_process(make_config, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DeepSpeed computes in fp32 on cpu" in done.stderr
-    state = json.loads((ck / "step-00000004" / "trainer_state.json").read_text())
-    assert state["engine"] == "deepspeed"
+    state_file = ck / "step-00000004" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["engine"] == "deepspeed" and state["zero_stage"] == 3 and state["world_size"] == 1
     assert (ck / "step-00000004" / "COMPLETE").is_file()
+    # Another ZeRO stage cannot load these partitions: refused before DeepSpeed's own assertion.
+    state_file.write_text(json.dumps({**state, "zero_stage": 2}))
+    refused = subprocess.run([trainer, "train", "--config", str(config)], env=env, capture_output=True, text=True,
+                             timeout=300)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "written by DeepSpeed ZeRO stage 2, world size 1, this run is ZeRO stage 3, world size 1" in last, last
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
 
 
 def _tiny_torch_engine(compile_: bool):

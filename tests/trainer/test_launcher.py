@@ -1,8 +1,9 @@
 """`cpt-trainer launch`: two real ranks on CPU over gloo under torch's elastic agent, and the
 launcher's exit code naming what happened (the PyTorchJob's `restartPolicy: ExitCode` retries
 >= 128 and fails 1-127 at once): a config error -> 2, a rank SIGKILLed -> 137, the launcher
-SIGTERMed (preemption) -> 143 after the ranks saved a checkpoint. The root error is the last
-line on stderr."""
+SIGTERMed (preemption) -> 143 after the ranks saved a checkpoint, the surviving node of a lost
+node -> 200 (its rank's communication error), a rendezvous that never completes -> 201. The root
+error is the last line on stderr."""
 
 import json
 import os
@@ -18,7 +19,17 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from cpt_trainer.train.launcher import ExitClock, describe_failure, exit_code_of, root_failure, split_argv
+from cpt_trainer.train.launcher import (
+    COMM_ERROR_EXIT,
+    RENDEZVOUS_ERROR_EXIT,
+    ExitClock,
+    describe_failure,
+    exit_code_of,
+    is_communication_error,
+    launcher_failure_code,
+    root_failure,
+    split_argv,
+)
 
 TOTAL, INTERVAL = 400, 4
 DEADLINE_S = 400
@@ -30,13 +41,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(config: Path, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(tmp_path / "cache"))
+def _launch(config: Path, tmp_path: Path, name: str, nodes: int = 1, node_rank: int = 0, port: int | None = None,
+            options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path, Path]:
+    """One node's `cpt-trainer launch` (2 ranks on one node; 1 rank per node with `nodes` 2)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(tmp_path / f"cache-{node_rank}"))
     for key in [k for k in env if k.startswith("PET_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]:
         del env[key]
-    cmd = [sys.executable, "-m", "cpt_trainer.cli", "launch", "--nnodes", "1", "--nproc-per-node", "2",
-           "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "--max-restarts", "0", "--shutdown-timeout", "120", "--", "train", "--config", str(config)]  # fmt: skip
+    cmd = [sys.executable, "-m", "cpt_trainer.cli", "launch", "--nnodes", str(nodes), "--nproc-per-node", str(2 // nodes),
+           "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port or _free_port()),
+           "--max-restarts", "0", "--shutdown-timeout", "120", *options, "--", "train", "--config", str(config)]  # fmt: skip
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(cmd, env=env, stdout=o, stderr=e)
@@ -134,6 +147,50 @@ def test_a_sigtermed_launcher_lets_the_ranks_checkpoint_and_exits_143(make_confi
     assert state["step"] == int(complete[-1].split("-")[1])
 
 
+def test_the_surviving_node_of_a_lost_node_exits_200_to_be_retried(make_config, tmp_path):
+    """Two nodes of one rank each (two launchers, static rendezvous on node 0); node 1 is lost with
+    all its processes mid-run: node 0's rank fails on the broken collective (gloo: "Connection
+    closed by peer" or "reset by peer", by timing), exits 200 with that line in its error file,
+    and its launcher exits 200."""
+    port = _free_port()
+    # per-node checkpoint folders: node-local disks (each node's local rank 0 prepares its folder)
+    node0 = _config(make_config, tmp_path / "ck-0", "node-0.json")
+    node1 = _config(make_config, tmp_path / "ck-1", "node-1.json")
+    a, out, err = _launch(node0, tmp_path, "node-0", nodes=2, node_rank=0, port=port)
+    b, out_b, err_b = _launch(node1, tmp_path, "node-1", nodes=2, node_rank=1, port=port)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not _complete(tmp_path / "ck-0"):  # training runs on both nodes
+            assert a.poll() is None and b.poll() is None, _logs(out, err) + _logs(out_b, err_b)
+            assert time.monotonic() < deadline, "no first checkpoint: " + _logs(out, err)
+            time.sleep(0.05)
+        node = [psutil.Process(b.pid), *psutil.Process(b.pid).children(recursive=True)]  # the agent gives ranks their own session
+        for proc in node:  # node 1 is gone: its launcher and its rank at once
+            proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(node, timeout=60)
+        assert a.wait(timeout=DEADLINE_S) == COMM_ERROR_EXIT, _logs(out, err)
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                proc.kill()
+                proc.wait()
+    last = _last_stderr_line(err)
+    assert last.startswith("cpt-trainer launch: rank 0 exited 200: cpt-trainer train: communication error"), _logs(out, err)
+    assert re.search(r"gloo/transport/tcp/.*Connection (closed|reset) by peer", last), last  # either, by timing
+
+
+def test_a_rendezvous_that_never_completes_exits_201_to_be_retried(make_config, tmp_path):
+    # node 1 of 2, and no node 0 (its pod not started yet, or gone): the store connection times out
+    proc, out, err = _launch(_config(make_config, tmp_path / "ck"), tmp_path, "rendezvous", nodes=2, node_rank=1,
+                             options=("--rdzv-conf", "timeout=3"))
+    assert proc.wait(timeout=DEADLINE_S) == RENDEZVOUS_ERROR_EXIT, _logs(out, err)
+    last = _last_stderr_line(err)
+    assert last.startswith("cpt-trainer launch: rendezvous failed (transient): DistNetworkError:"), last
+    assert last.endswith("(exit 201)"), last
+
+
 def test_a_sigterm_stop_resumes_to_the_weights_of_an_uninterrupted_run(make_config, tmp_path):
     """Preemption end to end: SIGTERM mid-run, the ranks save at the current step and exit 143; the
     next attempt resumes there (same data position) and ends with an uninterrupted run's weights."""
@@ -182,7 +239,8 @@ def test_exit_codes_of_ranks():
 def test_the_root_cause_is_the_first_failure_a_signal_winning_a_tie():
     # rank 1 was SIGKILLed (no error file: the agent's whole-second time); rank 0 then crashed
     # on the broken collective within the same second: rank 1 is the root cause.
-    failures = {0: _failure(1, cpt_time=100.6, message="RuntimeError: Connection closed by peer"), 1: _failure(-9)}
+    failures = {0: _failure(COMM_ERROR_EXIT, cpt_time=100.6, message="cpt-trainer train: communication error (...)"),
+                1: _failure(-9)}  # fmt: skip
     assert root_failure(failures)[0] == 1
     assert describe_failure(1, failures[1]) == "cpt-trainer launch: rank 1 killed by SIGKILL (exit 137)"
     # a config error written earlier than another rank's failure wins
@@ -221,6 +279,86 @@ def test_ranks_the_agent_sigtermed_after_the_first_failure_are_not_the_root_caus
     assert root_failure(failures)[0] == 1
     failures = {0: _failure(143, cpt_time=10.5, message="stopped on SIGTERM")}  # a peer node was preempted
     assert exit_code_of(root_failure(failures)[1].exitcode) == 143
+
+
+GLOO_PEER_LOST = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                  "peer [127.0.0.1]:52906. This is typically caused by a remote worker crashing.")  # torch 2.13
+
+
+def test_communication_errors_are_transient_and_an_out_of_memory_error_is_not():
+    import torch
+    import torch.distributed as dist
+
+    for exc in (dist.DistBackendError("NCCL communicator was aborted"), dist.DistNetworkError("socket timed out"),
+                dist.DistStoreError("Timed out after 901 seconds waiting for clients"), RuntimeError(GLOO_PEER_LOST),
+                RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, ...)"),
+                RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1, remote process exited or there was a network error")):
+        assert is_communication_error(exc), exc
+    try:  # wrapped by a library: the chain counts
+        try:
+            raise RuntimeError(GLOO_PEER_LOST)
+        except RuntimeError as inner:
+            raise ValueError("DeepSpeed step failed") from inner
+    except ValueError as wrapped:
+        assert is_communication_error(wrapped)
+    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), RuntimeError("shape mismatch"),
+                ValueError("Connection closed by peer"), KeyError("step")):
+        assert not is_communication_error(exc), exc
+
+
+def test_a_rank_error_file_with_the_communication_code_is_reported_and_retried():
+    line = f"cpt-trainer train: communication error (a peer rank or node lost, or a collective timed out; transient, exit 200): RuntimeError: {GLOO_PEER_LOST}"
+    failures = {0: _failure(COMM_ERROR_EXIT, cpt_time=100.6, message=line), 1: _failure(-signal.SIGTERM, timestamp=101)}
+    rank, failure = root_failure(failures)
+    assert rank == 0 and exit_code_of(failure.exitcode) == 200 >= 128
+    assert describe_failure(rank, failure) == f"cpt-trainer launch: rank 0 exited 200: {line}"
+
+
+def test_a_communication_error_in_a_rank_exits_200_with_its_error_file(monkeypatch, tmp_path, capsys):
+    import torch.distributed as dist
+
+    from cpt_trainer import cli
+    from cpt_trainer.train import main
+
+    def lost_peer(_config):
+        raise RuntimeError(GLOO_PEER_LOST)
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setattr(main, "run_train", lost_peer)
+    assert cli.main(["train", "--config", "unused.json"]) == COMM_ERROR_EXIT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cpt-trainer train: communication error") and "Connection closed by peer" in last, last
+    data = json.loads(error_file.read_text())
+    assert data["message"]["message"] == last and "Traceback" in data["message"]["extraInfo"]["py_callstack"]
+
+    def store_gone(_config):
+        raise dist.DistStoreError("failed to recv, got 0 bytes")
+
+    error_file.unlink()
+    monkeypatch.setattr(main, "run_train", store_gone)
+    assert cli.main(["train", "--config", "unused.json"]) == COMM_ERROR_EXIT
+
+    def oom(_config):  # not caught by run_train here: it stays a crash (exit 1 by the interpreter)
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(main, "run_train", oom)
+    with pytest.raises(Exception, match="CUDA out of memory"):
+        cli.main(["train", "--config", "unused.json"])
+
+
+def test_the_launchers_own_rendezvous_failures_are_transient_and_its_bugs_are_not():
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import RendezvousClosedError, RendezvousTimeoutError
+
+    for exc in (RendezvousTimeoutError("timed out"), RendezvousClosedError(), TimeoutError(),
+                ConnectionRefusedError(), dist.DistNetworkError("The client socket has timed out")):
+        assert launcher_failure_code(exc) == RENDEZVOUS_ERROR_EXIT == 201, exc
+    assert launcher_failure_code(KeyError("local_rank")) == 1
+    assert launcher_failure_code(ValueError("bad")) == 1
+    assert 128 + max(signal.valid_signals()) < COMM_ERROR_EXIT < RENDEZVOUS_ERROR_EXIT <= 255
 
 
 def test_launch_needs_a_subcommand_after_the_separator():

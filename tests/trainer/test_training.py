@@ -75,6 +75,14 @@ def test_metrics_endpoint_serves_every_documented_name_and_values_change(make_co
         assert _value(first, "cpt_tokens_seen_total") == 8 * 64
         assert _value(first, "cpt_last_checkpoint_step") == 1
         assert _value(first, "cpt_general_score", eval="general") == _value(first, "cpt_baseline_general_score", eval="general")
+        # The direction of each eval, and the baseline's stderr (the stderr rule reproducible from metrics).
+        assert _value(first, "cpt_general_score_higher_is_better", eval="cloze") == 1
+        assert _value(first, "cpt_general_score_higher_is_better", eval="general") == 0
+        base_se = _value(first, "cpt_baseline_general_score_stderr", eval="cloze")
+        assert base_se > 0 and base_se == _value(first, "cpt_general_score_stderr", eval="cloze")
+        assert ("cpt_baseline_general_score_stderr", (("eval", "general"), ("namespace", "tenant-a"), ("run", "run-1"))) not in first
+        saved = trainer.checkpoint_metrics()
+        assert saved["baseline_general_stderr"] == {"cloze": base_se} and saved["general_higher_is_better"]["cloze"] is True
         for _ in range(2):
             trainer.train_step()
         trainer.evaluate()
@@ -255,3 +263,123 @@ def test_resuming_a_checkpoint_of_the_other_engine_names_both_and_the_way_out(ma
     assert state["engine"] == "torch"
     state_file.write_text(json.dumps({**state, "engine": "deepspeed"}))
     _fails(make_config(), capsys, "written by engine deepspeed", "this run uses engine torch", "set engine.kind deepspeed")
+
+
+def _stub_trainer(kind: str, zero_stage: int | None, world_size: int):
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(kind=kind, **({} if zero_stage is None else {"zero_stage": zero_stage}))
+    return SimpleNamespace(engine=engine, dist=SimpleNamespace(world_size=world_size))
+
+
+def test_a_deepspeed_resume_on_another_zero_stage_or_world_size_is_refused_in_one_line(tmp_path):
+    from pathlib import Path
+
+    from cpt_trainer.train.trainer import Trainer
+
+    folder = Path("/ck/step-00000010")
+    written = {"engine": "deepspeed", "zero_stage": 2, "world_size": 4}
+    for stage, ranks in ((3, 4), (2, 2), (3, 8)):
+        with pytest.raises(ValueError) as refused:
+            Trainer.check_resumable(_stub_trainer("deepspeed", stage, ranks), written, folder)
+        line = str(refused.value)
+        assert "\n" not in line
+        for needle in ("written by DeepSpeed ZeRO stage 2, world size 4", f"this run is ZeRO stage {stage}, world size {ranks}",
+                       "resume it with engine.zero_stage 2 and world size 4", "model.uri /ck/step-00000010/model"):
+            assert needle in line, line
+    Trainer.check_resumable(_stub_trainer("deepspeed", 2, 4), written, folder)  # the same: resumes
+    old = {"engine": "deepspeed", "world_size": 4}  # written before zero_stage was saved: world size only
+    Trainer.check_resumable(_stub_trainer("deepspeed", 3, 4), old, folder)
+    with pytest.raises(ValueError, match="world size 4, this run is ZeRO stage 3, world size 2"):
+        Trainer.check_resumable(_stub_trainer("deepspeed", 3, 2), old, folder)
+
+
+def test_the_torch_engine_resumes_on_another_world_size(make_config, capsys, tmp_path):
+    # rank 0 saves the whole model and optimizer state and the data position is global: any
+    # world size can resume it (DeepSpeed's ZeRO partitions cannot: see the test above)
+    run = _run(make_config())
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
+    finally:
+        run.close()
+    state_file = tmp_path / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["engine"] == "torch" and state["zero_stage"] is None and state["world_size"] == 1
+    state_file.write_text(json.dumps({**state, "world_size": 4}))
+    assert cli.main(["train", "--config", str(make_config())]) == 0
+    assert (tmp_path / "checkpoints" / "step-00000006" / "COMPLETE").is_file()
+
+
+def test_a_stop_on_an_evaluation_step_saves_at_once_and_the_resumed_run_evaluates_that_step(make_config, tmp_path):
+    # Every step is due for an evaluation: a stop (SIGTERM) skips it so the save gets the grace
+    # period; the resumed run evaluates that step first, where an uninterrupted run did.
+    config = make_config(eval={"interval": 1, "max_batches": 1})
+    ck = tmp_path / "checkpoints"
+
+    def spied(run):
+        evaluated, real = [], run.trainer.evaluate
+
+        def evaluate():
+            evaluated.append(run.trainer.step)
+            return real()
+
+        run.trainer.evaluate = evaluate
+        return evaluated
+
+    run = _run(config)
+    evaluated = spied(run)
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
+    finally:
+        run.close()
+    assert evaluated == [0]  # the baseline only: step 1's evaluation was skipped
+    assert (ck / "step-00000001" / "COMPLETE").is_file()
+    assert json.loads((ck / "step-00000001" / "metrics.json").read_text())["eval_step"] == 0
+
+    run = _run(config)  # resumes from step 1
+    evaluated = spied(run)
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
+    finally:
+        run.close()
+    assert evaluated == [1]  # step 1's, after the resume; step 2's skipped by the second stop
+    assert json.loads((ck / "step-00000002" / "metrics.json").read_text())["eval_step"] == 1
+
+    run = _run(config)
+    evaluated = spied(run)
+    try:
+        assert run.trainer.train() == "completed"
+    finally:
+        run.close()
+    assert evaluated == [2, 3, 4, 5, 6]
+    assert json.loads((ck / "step-00000006" / "metrics.json").read_text())["eval_step"] == 6
+
+
+def test_a_stop_at_the_last_step_completes_with_the_final_evaluation(make_config, tmp_path):
+    config = make_config(batch={"micro_batch_size": 4, "global_batch_size": 8, "total_steps": 1})
+    run = _run(config)
+    try:
+        assert run.trainer.train(stop_requested=lambda: True) == "completed"
+    finally:
+        run.close()
+    metrics = json.loads((tmp_path / "checkpoints" / "step-00000001" / "metrics.json").read_text())
+    assert metrics["eval_step"] == 1
+
+
+def test_the_trainer_runs_with_every_hub_offline():
+    # Set by cpt_trainer.cli at import (this module imported it), before transformers, datasets
+    # or lm_eval read them: a run never downloads, a missing local file fails at once.
+    import os
+    import subprocess
+    import sys
+
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    assert all(os.environ[n] == "1" for n in names)
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    # transformers 5 takes its offline mode from huggingface_hub's (read at import)
+    probe = ("import os, sys; from cpt_trainer import cli; import transformers, lm_eval; "
+             "import huggingface_hub.constants as hub, datasets.config as ds; "
+             "print(hub.HF_HUB_OFFLINE, ds.HF_DATASETS_OFFLINE, hub.is_offline_mode(), *(os.environ[n] for n in sys.argv[1:]))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe, *names], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True", "True", "1", "1", "1"], done.stdout

@@ -2,6 +2,7 @@
 
 Subcommands import their heavy modules lazily so `--help` and config errors are fast.
 Exit codes: 0 success, 2 invalid config or input (clear message, no traceback),
+200 a communication error (a peer rank or node lost, a collective timed out: transient),
 1 anything else; `train` exits 143 when it stopped on SIGTERM after a checkpoint, and
 `launch` (train/launcher.py) exits with its ranks' root cause. Under the elastic agent
 (TORCHELASTIC_ERROR_FILE set) a failing subcommand also writes its error file for `launch`.
@@ -10,7 +11,14 @@ Exit codes: 0 success, 2 invalid config or input (clear message, no traceback),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Runs never reach a model hub: every model, tokenizer, corpus and task file is staged from the
+# run's own URIs, so a hub lookup (transformers, datasets, lm_eval) must fail at once, not download.
+# Set before any of them is imported (they read these at import); ranks inherit them.
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from cpt_trainer.contract.config import ConfigError
-    from cpt_trainer.train.launcher import record_exception, record_rank_error
+    from cpt_trainer.train.launcher import (
+        is_communication_error,
+        record_communication_failure,
+        record_exception,
+        record_rank_error,
+    )
 
     try:
         if args.command == "train":
@@ -81,8 +94,13 @@ def _run(args: argparse.Namespace) -> int:
         record_rank_error(line)
         return 2
     except BaseException as exc:
-        if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            record_exception(exc)
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        if is_communication_error(exc):
+            # Transient (the surviving rank of a lost peer or node): >= 128 so the PyTorchJob retries
+            # it; the error file carries the line, so `launch` reports it when it is the root cause.
+            return record_communication_failure(f"cpt-trainer {args.command}", exc)
+        record_exception(exc)
         raise
 
 

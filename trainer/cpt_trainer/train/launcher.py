@@ -7,12 +7,19 @@ went wrong; this launcher exits with the root cause instead, so a PyTorchJob wit
 `restartPolicy: ExitCode` retries transient failures (>= 128) and fails permanent ones (1-127):
 
     0        every rank exited 0
-    1-127    the root-cause rank's own code (2 invalid config or input, 1 crash or OOM);
-             1 also when the launcher itself fails (bad rendezvous, agent error)
+    1-127    the root-cause rank's own code (2 invalid config or input, 1 crash or CUDA OOM
+             in training: deterministic for a config); 1 also when the launcher itself crashes
+             on anything but a rendezvous/network failure (a bug: retrying would not help)
     128+N    the root-cause rank was killed by signal N (137: SIGKILL, e.g. the OOM killer),
              or exited 128+N itself (143: it stopped on SIGTERM after a checkpoint)
     143      the launcher got SIGTERM (preemption): it forwarded SIGTERM to the ranks, which
              save a checkpoint after the current step and stop, and waited `--shutdown-timeout`
+    200      COMM_ERROR_EXIT: the root-cause rank failed on communication (a peer rank or node
+             lost, a collective or store timed out: DistError, gloo/NCCL connection errors)
+    201      RENDEZVOUS_ERROR_EXIT: the launcher's rendezvous or store failed (the master
+             unreachable, a rendezvous timeout) before or while the ranks ran
+
+128+N for a signal N stays below 200 (Linux signals end at 64), so 200 and 201 never collide with it.
 
 The root cause is the first failure: ranks the agent SIGTERMed after it come last; then the
 earliest error-file time (ranks write one, see `record_rank_error`) or, without one (killed by a
@@ -37,6 +44,9 @@ PROG = "cpt-trainer launch"
 # terminationGracePeriodSeconds must be longer (render/pytorchjob.py).
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+# Transient failures with their own codes (>= 128: the PyTorchJob's ExitCode policy retries them).
+COMM_ERROR_EXIT = 200  # a rank's collective or store failed: a peer lost, a timeout (is_communication_error)
+RENDEZVOUS_ERROR_EXIT = 201  # the launcher's rendezvous or store failed (launcher_failure_code)
 
 
 # ---------------------------------------------------------------------------- rank side
@@ -73,7 +83,80 @@ def record_exception(exc: BaseException) -> None:
     record_rank_error(last[-1], text)
 
 
+# Lowercased pieces of the messages gloo and NCCL raise as a plain RuntimeError when a peer is
+# gone or a collective timed out (gloo: "[.../gloo/transport/tcp/pair.cc:553] Connection closed by
+# peer [127.0.0.1]:52906 ...", seen on torch 2.13 when a peer rank is SIGKILLed).
+_COMM_MARKERS = (
+    "gloo/transport/",
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "application timeout caused pair closure",
+    "timed out waiting",
+    "nccl communicator was aborted",
+    "watchdog caught collective operation timeout",
+    "collective operation timeout",
+    "ncclremoteerror",
+    "ncclsystemerror",
+    "remote process exited or there was a network error",
+)
+
+
+def is_communication_error(exc: BaseException) -> bool:
+    """True for a distributed communication failure, which is transient (a retry after the lost
+    peer is replaced succeeds): torch.distributed.DistError (DistBackendError, DistNetworkError,
+    DistStoreError) or a RuntimeError with a gloo/NCCL connection or timeout message, here or in
+    its cause/context chain. Never a torch.OutOfMemoryError (deterministic for a config)."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no collective ever ran
+    torch = sys.modules.get("torch")
+    dist_error = getattr(dist, "DistError", None)
+    oom = getattr(torch, "OutOfMemoryError", None)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if oom is not None and isinstance(current, oom):
+            return False
+        if dist_error is not None and isinstance(current, dist_error):
+            return True
+        if isinstance(current, RuntimeError):
+            text = str(current).lower()
+            if any(marker in text for marker in _COMM_MARKERS):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def communication_failure_line(prog: str, exc: BaseException) -> str:
+    """The one line a rank prints and records for a communication error (see COMM_ERROR_EXIT)."""
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__]
+    return (f"{prog}: communication error (a peer rank or node lost, or a collective timed out; "
+            f"transient, exit {COMM_ERROR_EXIT}): {lines[0].strip()}")  # fmt: skip
+
+
+def record_communication_failure(prog: str, exc: BaseException) -> int:
+    """A rank's communication error: the traceback and the one line on stderr, the error file
+    for the launcher (whose root-cause logic then reports COMM_ERROR_EXIT); returns the code."""
+    text = "".join(traceback.format_exception(exc))
+    line = communication_failure_line(prog, exc)
+    print(text.rstrip() + "\n" + line, file=sys.stderr, flush=True)
+    record_rank_error(line, text)
+    return COMM_ERROR_EXIT
+
+
 # ---------------------------------------------------------------------------- launcher side
+
+
+def launcher_failure_code(exc: BaseException) -> int:
+    """The launcher's own failure (not a rank's): RENDEZVOUS_ERROR_EXIT for a rendezvous, store or
+    network failure or a timeout (the master pod not up yet or gone: transient), else 1."""
+    try:
+        from torch.distributed.elastic.rendezvous import RendezvousError
+    except ImportError:  # pragma: no cover - torch always has it
+        RendezvousError = ()  # type: ignore[assignment]
+    if isinstance(exc, (RendezvousError, TimeoutError, ConnectionError)) or is_communication_error(exc):
+        return RENDEZVOUS_ERROR_EXIT
+    return 1
 
 
 def _signal_name(signum: int) -> str:
@@ -299,7 +382,9 @@ def run_launch(argv: list[str]) -> int:
         )  # fmt: skip
         return 128 + signum
     except Exception as exc:  # rendezvous or agent failure: nothing ran, or not to the end
-        print(f"{PROG}: launcher failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return 1
+        code = launcher_failure_code(exc)
+        kind = "rendezvous failed (transient)" if code == RENDEZVOUS_ERROR_EXIT else "launcher failed"
+        print(f"{PROG}: {kind}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+              f" (exit {code})", file=sys.stderr, flush=True)  # fmt: skip
+        return code
     return 0

@@ -5,7 +5,10 @@ against the tokenizer -> engine choice and a memory-fit check -> (only then) loa
 model, extend the vocabulary, build the engine, resume or take the baseline, train.
 Exit codes: 0 done, 143 (128 + SIGTERM) stopped on SIGTERM after a checkpoint (retryable: the
 next attempt resumes), 2 invalid config or input (raised as ConfigError / TrainerInputError, one
-line), 1 out of memory (one line) or a crash; `cpt-trainer launch` turns them into the pod's code.
+line), 1 out of memory (one line: deterministic for a given config, so permanent; an OOM *kill* is
+SIGKILL, 137, retried) or a crash, 200 a communication error (a peer lost, a collective timed out:
+transient; classified in cli.py by launcher.is_communication_error); `cpt-trainer launch` turns
+them into the pod's code.
 """
 
 from __future__ import annotations

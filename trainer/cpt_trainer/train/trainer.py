@@ -179,7 +179,7 @@ class Trainer:
         self.last_eval = result
         regression = self.regression(result)
         self.metrics.record_eval(self.step, result.domain_perplexity, result.general, self.baseline.general, regression,
-                                 result.stderr)
+                                 result.stderr, self.baseline.stderr, result.higher_is_better)
         if self.dist.is_main:
             logger.info("eval step %d: domain perplexity %s, general %s, regression %s",
                         self.step, result.domain_perplexity, result.general, regression)
@@ -218,6 +218,7 @@ class Trainer:
             "global_batch_size": self.cfg.batch.global_batch_size,
             "world_size": self.dist.world_size,
             "engine": self.engine.kind,
+            "zero_stage": getattr(self.engine, "zero_stage", None),  # None: the torch engine (no ZeRO)
             "baseline": _eval_to_dict(self.baseline),
             "last_eval": _eval_to_dict(self.last_eval),
         }
@@ -247,6 +248,7 @@ class Trainer:
             "general_higher_is_better": dict(evaluated.higher_is_better) if evaluated else {},
             "baseline_domain_perplexity": self.baseline.domain_perplexity if self.baseline else None,
             "baseline_general_scores": dict(self.baseline.general) if self.baseline else {},
+            "baseline_general_stderr": dict(self.baseline.stderr) if self.baseline else {},
             "general_regression": self.regression(evaluated),
             "min_standard_errors": self.cfg.eval.min_standard_errors,
             "forgetting_threshold": self.cfg.eval.forgetting_threshold,
@@ -301,20 +303,42 @@ class Trainer:
             if step is not None:
                 self.metrics.list_checkpoint(step, metrics)
 
-    def resume(self, name: str) -> None:
-        import json
-
-        folder = self.checkpoints.fetch(name)
-        state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+    def check_resumable(self, state: dict, folder: Path) -> None:
+        """Refuse (ValueError, one line) a checkpoint this run's engine cannot load, before loading anything."""
+        fresh = f"start a new run with model.uri {folder / 'model'} (weights only; optimizer state and schedule start fresh)"
         written_by = state.get("engine")
         if written_by is not None and written_by != self.engine.kind:
             # The optimizer state differs in layout (optimizer.pt vs DeepSpeed's engine/ shards):
             # refused before anything is loaded, rather than failing inside the engine.
             raise ValueError(
                 f"it was written by engine {written_by}, this run uses engine {self.engine.kind}: set engine.kind "
-                f"{written_by} to resume it, or start a new run with model.uri {folder / 'model'} "
-                f"(weights only; optimizer state and schedule start fresh)"
+                f"{written_by} to resume it, or {fresh}"
             )
+        if self.engine.kind != "deepspeed":
+            # The torch engine resumes on any world size: rank 0 saves the whole model and optimizer
+            # state, every rank loads it, and the data position, schedule and step are global (the
+            # module docstring). Only a rank without an RNG file keeps the seed's RNG state (it
+            # matters for dropout only), and the reduction order changes float rounding: allowed.
+            return
+        # DeepSpeed's checkpoint holds ZeRO partitions, one per rank of the stage it was written
+        # with: another stage or world size ends in DeepSpeed's own assertion, so refuse it here.
+        stage, ranks = state.get("zero_stage"), state.get("world_size")
+        this_stage, this_ranks = getattr(self.engine, "zero_stage", None), self.dist.world_size
+        stage_differs = stage is not None and stage != this_stage
+        if stage_differs or (ranks is not None and ranks != this_ranks):
+            then = f"ZeRO stage {stage if stage is not None else '?'}, world size {ranks}"
+            raise ValueError(
+                f"it was written by DeepSpeed {then}, this run is ZeRO stage {this_stage}, world size {this_ranks} "
+                f"(DeepSpeed cannot repartition its optimizer state): resume it with engine.zero_stage "
+                f"{stage if stage is not None else this_stage} and world size {ranks} (workers x GPUs per worker), or {fresh}"
+            )
+
+    def resume(self, name: str) -> None:
+        import json
+
+        folder = self.checkpoints.fetch(name)
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+        self.check_resumable(state, folder)
         self.engine.load(folder)
         self.mix.load_state_dict(json.loads((folder / DATA_POSITION_FILE).read_text()))
         self.schedule.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
@@ -328,7 +352,7 @@ class Trainer:
         if self.baseline is not None:
             last = self.last_eval or self.baseline
             self.metrics.record_eval(last.step, last.domain_perplexity, last.general, self.baseline.general,
-                                     self.regression(last), last.stderr)
+                                     self.regression(last), last.stderr, self.baseline.stderr, last.higher_is_better)
         logger.info("resuming from checkpoint %s (step %d, %d tokens seen)", name, self.step, self.tokens_seen)
 
     # ------------------------------------------------------------------ the run
@@ -338,17 +362,27 @@ class Trainer:
         self.list_volume_checkpoints()
         if self.baseline is None:
             self.evaluate()  # before the first update
+        elif self.should_evaluate() and (self.last_eval is None or self.last_eval.step != self.step):
+            # Resumed from a stop's checkpoint that skipped this step's evaluation (below): run it
+            # now, where an uninterrupted run did (same weights; the RNG state is the pre-eval one).
+            # That checkpoint's metrics.json keeps the evaluation before it (its eval_step says which).
+            logger.info("evaluating step %d, skipped by the stop that saved it", self.step)
+            self.evaluate()
         while self.step < self.total_steps:
             self.train_step()
+            # A stop (SIGTERM: preemption) saves at once, before an evaluation due at this step, so
+            # the evaluation cannot eat the grace period's share for the save; the resumed run
+            # evaluates this step first (above). Not at the last step: the final checkpoint must
+            # carry the final evaluation, and the run ends right after anyway.
+            stop = any_rank(stop_requested(), self.device)
+            if stop and self.step < self.total_steps:
+                self.save_checkpoint()
+                logger.info("stopped at step %d on request", self.step)
+                return "stopped"
             if self.should_evaluate():
                 self.evaluate()
                 if not self.checkpoints.should_save(self.step):
                     self.apply_retain_list()  # the operator's newest decision, without waiting for a save
             if self.checkpoints.should_save(self.step):
                 self.save_checkpoint()
-            if any_rank(stop_requested(), self.device):
-                if self.last_checkpoint != f"step-{self.step:08d}":
-                    self.save_checkpoint()
-                logger.info("stopped at step %d on request", self.step)
-                return "stopped"
         return "completed"
