@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch, pinned. pip takes a CPU build where its find-links hold one (some machines have one on
+# local disk); otherwise PyPI's default Linux build, which bundles CUDA and also runs on CPU.
 TORCH  ?= torch==2.13.0
 
 .PHONY: demo test install install-test services go-tools clean
