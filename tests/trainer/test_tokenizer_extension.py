@@ -62,6 +62,42 @@ def test_500_legal_words_cut_held_out_tokens_and_round_trip(big_tokenizer_dir):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
+@pytest.fixture(scope="session")
+def tokenizer_32k_dir(tmp_path_factory):
+    """A 32,000-token byte-level BPE (Llama 2's vocabulary size) trained on general text only: the
+    Python docs and the standard library's sources (5.4 M chars), ~4 s."""
+    import glob
+    from pathlib import Path
+
+    from cpt_trainer.shipped_text import general_documents
+    from cpt_trainer.tinymodel import train_tokenizer
+
+    sources = [Path(p).read_text(errors="replace") for p in sorted(glob.glob("/usr/lib/python3.11/**/*.py"))]
+    out = tmp_path_factory.mktemp("tok32k")
+    train_tokenizer(general_documents() + sources, out, vocab_size=32000)
+    return out
+
+
+@pytest.mark.slow
+def test_500_legal_words_cut_tokens_with_a_32k_vocabulary(tokenizer_32k_dir):
+    """A realistic vocabulary already holds more legal words whole: the 500 words curation proposes
+    from 600 legal documents still cut the token count of the other 600 (measured -5.1 %)."""
+    from cpt_trainer.shipped_text import legal_documents
+
+    tok = _load(tokenizer_32k_dir)
+    assert len(tok) == 32000
+    legal = legal_documents(limit=1200)
+    fit, held = legal[0::2], legal[1::2]
+    words = _proposed(tokenizer_32k_dir, fit, 500)
+    assert len(words) == 500
+    model = build_tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    report = extend_vocabulary(model, tok, words, held)
+    assert len(report.added) == 500 and report.warning is None
+    assert report.tokens_after < report.tokens_before
+    assert report.token_reduction >= 0.03, report.to_dict()
+    assert report.chars_per_token_after > report.chars_per_token_before
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_word_mid_text_is_one_token_and_rows_are_its_pieces_mean(big_tokenizer_dir, tied):
     tok = _load(big_tokenizer_dir)
