@@ -75,6 +75,16 @@ def test_aggressive_configuration_rolls_back_to_its_best_checkpoint_and_default_
     log = (local_runs["aggressive"] / "train.log").read_text()
     assert f"rollback to step-{rollback['fromStep']:08d}: removed the abandoned branch's checkpoints" in log
     assert f"resuming from checkpoint step-{rollback['fromStep']:08d}" in log
+    # The new branch trains at the scaled learning rate: every point the report keeps after
+    # fromStep (the runner drops the abandoned branch's) is at most learningRate x factor, which the
+    # first branch exceeded before it.
+    lr_cap = run["training"]["learningRate"] * run["evaluation"]["rollback"]["learningRateFactor"]
+    training = series(local_runs["aggressive"])["training"]
+    points = list(zip(training["steps"], training["learning_rate"]))
+    new_branch = [lr for step, lr in points if step > rollback["fromStep"]]
+    first_branch = [lr for step, lr in points if step <= rollback["fromStep"]]
+    assert new_branch and max(new_branch) <= lr_cap * (1 + 1e-6), (lr_cap, points)
+    assert first_branch and max(first_branch) > lr_cap, (lr_cap, points)
     # ... and every checkpoint recorded after it is the new branch's (attempt 1).
     after = [r for r in aggressive["checkpoints"] if r["step"] > rollback["fromStep"]]
     assert after and all(r.get("attempt") == 1 for r in after)

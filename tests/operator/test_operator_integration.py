@@ -209,9 +209,16 @@ async def test_missing_corpus_that_later_appears(operator: Any, client: kube.Kub
     objs = minimal(namespace)
     corpus = next(o for o in objs if o["kind"] == "Corpus")
     await apply_all(client, [o for o in objs if o["kind"] != "Corpus"])
-    status = await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Pending")
-    assert condition(status, "DependenciesReady")["reason"] == "CorpusNotFound"
-    assert "docs" in condition(status, "DependenciesReady")["message"]
+    await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "Pending")
+
+    async def corpus_missing() -> dict[str, Any] | None:
+        # The policy and the run arrive together: a reconcile that ran before the policy reached
+        # the operator's cache reads CheckpointPolicyNotFound, and the policy's event re-runs it.
+        cond = condition(await status_of(client, kube.CPTRUNS, namespace, "docs-cpt"), "DependenciesReady")
+        return cond if cond.get("reason") == "CorpusNotFound" else None
+
+    cond = await eventually(corpus_missing, what="DependenciesReady reason CorpusNotFound")
+    assert "docs" in cond["message"]
 
     await apply(client, corpus)
     await wait_phase(client, kube.CPTRUNS, namespace, "docs-cpt", "WaitingForCorpus")
