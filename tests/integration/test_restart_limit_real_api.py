@@ -11,8 +11,9 @@ reconcile leaves it so. A 1-127 exit fails the job at once and is not counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 import real_cluster
@@ -60,6 +61,25 @@ async def report(adm: kube.KubeClient, namespace: str, pod: dict[str, Any], exit
     await adm.patch_status(kube.PODS, namespace, pod["metadata"]["name"], {"status": status})
 
 
+@contextlib.asynccontextmanager
+async def operator_at_limit(identities: dict[str, Identity]) -> AsyncIterator[tuple[list, kube.KubeClient, kube.KubeClient]]:
+    """The operator (its ServiceAccount) with backoffLimit LIMIT, running; (its recorded answers,
+    a tenant client, an admin client)."""
+    settings = operator_settings()
+    settings.backoff_limit = LIMIT
+    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
+    answers = record_answers(op)
+    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
+    adm = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
+    await op.start(timeout=LONG)
+    try:
+        yield answers, tenant, adm
+    finally:
+        await op.stop()
+        await tenant.close()
+        await adm.close()
+
+
 async def start(tenant: kube.KubeClient, adm: kube.KubeClient, namespace: str) -> None:
     await apply_all(tenant, list(example("minimal", namespace).values()))  # as the tenant applies them
     await play_kubelet(adm, namespace, "docs", REPORT)
@@ -69,15 +89,8 @@ async def start(tenant: kube.KubeClient, adm: kube.KubeClient, namespace: str) -
 async def test_a_pod_killed_at_every_start_is_stopped_after_the_limit_and_the_run_fails(
     identities: dict[str, Identity], namespace: str, training_operator: None
 ) -> None:
-    settings = operator_settings()
-    settings.backoff_limit = LIMIT
-    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
-    answers = record_answers(op)
-    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
-    adm = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
     job_name = pytorchjob_name(RUN)
-    await op.start(timeout=LONG)
-    try:
+    async with operator_at_limit(identities) as (answers, tenant, adm):
         await start(tenant, adm, namespace)
         job = await adm.get(kube.PYTORCHJOBS, namespace, job_name)
         assert job["spec"]["runPolicy"]["backoffLimit"] == LIMIT and job["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"] == "ExitCode"
@@ -116,23 +129,13 @@ async def test_a_pod_killed_at_every_start_is_stopped_after_the_limit_and_the_ru
         assert await _stopped(adm, namespace)
         events = await adm.list(kube.Resource("", "v1", "events"), namespace)
         assert any(e.get("reason") == "RestartLimitExceeded" and e["involvedObject"]["name"] == RUN for e in events)
-    finally:
-        await op.stop()
-        await tenant.close()
-        await adm.close()
     assert not refused(answers, namespace), refused(answers, namespace)
 
 
 async def test_a_permanent_exit_fails_the_job_at_once_and_is_not_counted(
     identities: dict[str, Identity], namespace: str, training_operator: None
 ) -> None:
-    settings = operator_settings()
-    settings.backoff_limit = LIMIT
-    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
-    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
-    adm = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
-    await op.start(timeout=LONG)
-    try:
+    async with operator_at_limit(identities) as (_, tenant, adm):
         await start(tenant, adm, namespace)
         pod = await eventually(lambda: _new_master(adm, namespace, set()), timeout=LONG, what="the Master pod")
         await report(adm, namespace, pod, 1)
@@ -141,10 +144,6 @@ async def test_a_permanent_exit_fails_the_job_at_once_and_is_not_counted(
         assert "restarts" not in status
         job = await adm.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(RUN))
         assert true(job, "Failed") is not None and true(job, "Restarting") is None
-    finally:
-        await op.stop()
-        await tenant.close()
-        await adm.close()
 
 
 async def _new_master(adm: kube.KubeClient, namespace: str, seen: set[str]) -> dict[str, Any] | None:

@@ -252,14 +252,19 @@ def test_a_sequence_longer_than_the_models_positions_is_refused(make_config, cap
     _fails(make_config(data={"sequence_length": 257}), capsys, "data.sequence_length 257", "max_position_embeddings 256")
 
 
-def test_resuming_a_checkpoint_of_the_other_engine_names_both_and_the_way_out(make_config, capsys, tmp_path):
+def _stopped_at_step_one(make_config, tmp_path):
+    """A run stopped after its first step: (its trainer_state.json, that file's content)."""
     run = _run(make_config())
     try:
         assert run.trainer.train(stop_requested=lambda: True) == "stopped"
     finally:
         run.close()
     state_file = tmp_path / "checkpoints" / "step-00000001" / "trainer_state.json"
-    state = json.loads(state_file.read_text())
+    return state_file, json.loads(state_file.read_text())
+
+
+def test_resuming_a_checkpoint_of_the_other_engine_names_both_and_the_way_out(make_config, capsys, tmp_path):
+    state_file, state = _stopped_at_step_one(make_config, tmp_path)
     assert state["engine"] == "torch"
     state_file.write_text(json.dumps({**state, "engine": "deepspeed"}))
     _fails(make_config(), capsys, "written by engine deepspeed", "this run uses engine torch", "set engine.kind deepspeed")
@@ -297,13 +302,7 @@ def test_a_deepspeed_resume_on_another_zero_stage_or_world_size_is_refused_in_on
 def test_the_torch_engine_resumes_on_another_world_size(make_config, capsys, tmp_path):
     # rank 0 saves the whole model and optimizer state and the data position is global: any
     # world size can resume it (DeepSpeed's ZeRO partitions cannot: see the test above)
-    run = _run(make_config())
-    try:
-        assert run.trainer.train(stop_requested=lambda: True) == "stopped"
-    finally:
-        run.close()
-    state_file = tmp_path / "checkpoints" / "step-00000001" / "trainer_state.json"
-    state = json.loads(state_file.read_text())
+    state_file, state = _stopped_at_step_one(make_config, tmp_path)
     assert state["engine"] == "torch" and state["zero_stage"] is None and state["world_size"] == 1
     state_file.write_text(json.dumps({**state, "world_size": 4}))
     assert cli.main(["train", "--config", str(make_config())]) == 0
