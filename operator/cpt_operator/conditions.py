@@ -86,6 +86,18 @@ EVENT_MESSAGE_LIMIT = 1024
 CONDITION_MESSAGE_LIMIT = 32768
 
 
+def parse_rfc3339(text: Any) -> datetime.datetime | None:
+    """A metav1.Time (or any ISO 8601 text) as an aware datetime, UTC when it names no zone; None
+    when it is empty or not a time."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        ts = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=datetime.timezone.utc)
+
+
 def now_rfc3339(now: datetime.datetime | None = None) -> str:
     """`now` (default: the current time) as RFC 3339 UTC with seconds, as metav1.Time serialises."""
     now = now or datetime.datetime.now(tz=datetime.timezone.utc)

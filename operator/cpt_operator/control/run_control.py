@@ -31,7 +31,7 @@ from typing import Any
 
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
-from cpt_operator.conditions import now_rfc3339, set_condition, truncate_message
+from cpt_operator.conditions import now_rfc3339, parse_rfc3339, set_condition, truncate_message
 from cpt_operator.control.checkpoint_records import (
     DELETING,
     bound_records,
@@ -220,17 +220,10 @@ def _metrics_status(m: RunMetrics, now: float, previous: dict[str, Any] | None) 
     out["updatedAt"] = _iso(now)
     previous = previous or {}
     same = {k: v for k, v in previous.items() if k != "updatedAt"} == {k: v for k, v in out.items() if k != "updatedAt"}
-    last = _parse_iso(previous.get("updatedAt"))
-    if same and last is not None and 0 <= now - last < METRICS_REFRESH_SECONDS:
+    last = parse_rfc3339(previous.get("updatedAt"))
+    if same and last is not None and 0 <= now - last.timestamp() < METRICS_REFRESH_SECONDS:
         out["updatedAt"] = previous["updatedAt"]
     return out
-
-
-def _parse_iso(text: Any) -> float | None:
-    try:
-        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else None
-    except ValueError:
-        return None
 
 
 def _merge_evaluations(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,11 +28,11 @@ decide/run.py stops the job the way a halt does and keeps it stopped.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from cpt_operator import conditions as c
+from cpt_operator.decide.run_phase import true_condition
 from cpt_operator.render.pytorchjob import CONTAINER_NAME
 
 
@@ -51,24 +51,10 @@ class RestartCount:
         return self.count > self.limit
 
 
-def _time(text: Any) -> datetime.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def newest_checkpoint_step(status: dict[str, Any]) -> int:
     """The newest step in status.checkpoints (deleted ones included: they were written); 0 when none."""
     steps = [int(r["step"]) for r in status.get("checkpoints") or [] if isinstance(r, dict) and isinstance(r.get("step"), int)]
     return max(steps, default=0)
-
-
-def restarting_condition(job_conditions: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The job's True Restarting condition, if any."""
-    return next((x for x in job_conditions if x.get("type") == "Restarting" and x.get("status") == "True"), None)
 
 
 def count_restarts(recorded: Any, job_conditions: Iterable[dict[str, Any]], newest_step: int, limit: int) -> RestartCount:
@@ -81,12 +67,12 @@ def count_restarts(recorded: Any, job_conditions: Iterable[dict[str, Any]], newe
     since = int(rec.get("sinceCheckpointStep") or 0)
     if newest_step > since:  # a new checkpoint since the count started: not a crash loop
         count, since = 0, newest_step
-    cond = restarting_condition(job_conditions)
+    cond = true_condition(job_conditions, "Restarting")
     cause = str((cond or {}).get("message") or "")
     new = False
     if cond is not None:
         at_text = cond.get("lastTransitionTime") or cond.get("lastUpdateTime")
-        at, seen = _time(at_text), _time(last)
+        at, seen = c.parse_rfc3339(at_text), c.parse_rfc3339(last)
         if at is not None and (seen is None or at > seen):
             count, last, new = count + 1, at_text, True
     if not rec and not new:

@@ -188,10 +188,6 @@ def _stop_only(d: RunDecision, f: RunFacts) -> RunDecision:
     return d
 
 
-def _job_finished(view: JobView) -> bool:
-    return any(x.get("type") in ("Succeeded", "Failed") and x.get("status") == "True" for x in view.conditions)
-
-
 def _restart_limit(d: RunDecision, f: RunFacts, view: JobView | None) -> None:
     """Count the job's restarts (status.restarts) and fail the run over the limit; a run that
     failed so keeps its Failed message (and its job stopped) on every later look."""
@@ -199,7 +195,7 @@ def _restart_limit(d: RunDecision, f: RunFacts, view: JobView | None) -> None:
     if failed is not None and failed.get("status") == "True" and failed.get("reason") == c.RESTART_LIMIT_EXCEEDED:
         d.restart_limit = str(failed.get("message") or "")
         return
-    if view is None or f.status.get("phase") in TERMINAL_PHASES or _job_finished(view):
+    if view is None or f.status.get("phase") in TERMINAL_PHASES or view.finished:
         return
     r = count_restarts(f.status.get("restarts"), view.conditions, newest_checkpoint_step(f.status), f.settings.backoff_limit)
     if r.record is not None:

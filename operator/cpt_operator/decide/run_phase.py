@@ -8,6 +8,7 @@ Restarting, Succeeded, Failed and Suspended; the newest True one wins, terminal 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from cpt_operator import conditions as c
@@ -42,6 +43,11 @@ class JobView:
             queue_name=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
         )
 
+    @property
+    def finished(self) -> bool:
+        """Succeeded or Failed: the training operator is done with it."""
+        return true_condition(self.conditions, "Succeeded") is not None or true_condition(self.conditions, "Failed") is not None
+
 
 @dataclass(frozen=True)
 class RunJobState:
@@ -54,7 +60,8 @@ class RunJobState:
     failed: tuple[bool, str, str]
 
 
-def _true(conds: tuple[dict[str, Any], ...], type_: str) -> dict[str, Any] | None:
+def true_condition(conds: Iterable[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    """The job's True condition of `type_`, if any."""
     return next((x for x in conds if x.get("type") == type_ and x.get("status") == "True"), None)
 
 
@@ -63,8 +70,8 @@ def job_state(job: JobView, tenant_suspend: bool, queued: bool) -> RunJobState:
 
     `queued`: Kueue admits the job (decide/suspend.kueue_managed of the job's own label)."""
     conds = job.conditions
-    failed = _true(conds, "Failed")
-    succeeded = _true(conds, "Succeeded")
+    failed = true_condition(conds, "Failed")
+    succeeded = true_condition(conds, "Succeeded")
     not_suspended = (False, c.NOT_SUSPENDED, "")
     not_finished = (False, c.NOT_FINISHED, "")
     if succeeded is not None:
@@ -73,7 +80,7 @@ def job_state(job: JobView, tenant_suspend: bool, queued: bool) -> RunJobState:
     if failed is not None:
         msg = failed.get("message") or f"PyTorchJob {job.name} failed"
         return RunJobState("Failed", (False, c.JOB_NOT_RUNNING, "failed"), not_suspended, not_finished, (True, c.JOB_FAILED, msg))
-    if job.suspend or _true(conds, "Suspended") is not None:
+    if job.suspend or true_condition(conds, "Suspended") is not None:
         if tenant_suspend:
             suspended = (True, c.SUSPENDED_BY_TENANT, "spec.suspend is true; set it to false to resume from the newest checkpoint")
             phase = "Suspended"

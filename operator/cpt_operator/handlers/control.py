@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from cpt_operator import kube
+from cpt_operator.conditions import parse_rfc3339
 from cpt_operator.api.checkpoint_policy import CheckpointPolicySpec
 from cpt_operator.api.cptrun import CPTRunSpec
 from cpt_operator.control.prometheus import (
@@ -89,13 +90,8 @@ async def post_event(ctx: OperatorContext, body: dict[str, Any], type_: str, rea
 
 def last_pass_time(status: dict[str, Any]) -> float | None:
     """When a control pass last wrote fresh metrics (status.metrics.updatedAt)."""
-    text = (status.get("metrics") or {}).get("updatedAt")
-    if not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    ts = parse_rfc3339((status.get("metrics") or {}).get("updatedAt"))
+    return ts.timestamp() if ts else None
 
 
 async def read_retain_problem(ctx: OperatorContext, namespace: str, name: str, uid: str) -> str | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpt_operator import kube
+from cpt_operator.conditions import parse_rfc3339
 
 logger = logging.getLogger("cpt_operator.leadership")
 
@@ -31,14 +32,6 @@ class Peering:
     clusterwide: bool
 
 
-def _parse_time(text: str) -> datetime.datetime | None:
-    try:
-        ts = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (TypeError, ValueError):
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=datetime.timezone.utc)
-
-
 def decide_active(peers: dict[str, Any], identity: str, priority: int, now: datetime.datetime) -> tuple[bool, str]:
     """Kopf's rule: paused while another live peer has a higher or the same priority.
 
@@ -48,7 +41,7 @@ def decide_active(peers: dict[str, Any], identity: str, priority: int, now: date
     for other, info in (peers or {}).items():
         if other == identity or not isinstance(info, dict):
             continue
-        seen = _parse_time(str(info.get("lastseen", "")))
+        seen = parse_rfc3339(str(info.get("lastseen", "")))
         try:
             lifetime = float(info.get("lifetime", 60))
             other_priority = int(info.get("priority", 0))
