@@ -137,7 +137,7 @@ def run_trainer_variant(args, inputs: dict, work: Path) -> dict | None:
         eval_seconds = time.perf_counter() - start
     result = {"variant": args.one, "engine": trainer.engine.kind, "ranks": env.world_size,
               "threads": torch.get_num_threads(), "tokens_per_second": args.steps * trainer.tokens_per_step / seconds,
-              "padded_tokens_per_second": args.steps * trainer.tokens_per_step / seconds,
+              "padded_tokens_per_second": None,  # packed: no padding, the same as tokens_per_second
               "first_loss": losses[0], "last_loss": losses[-1], "eval_seconds": eval_seconds}  # fmt: skip
     return result if env.is_main else None
 
@@ -277,7 +277,7 @@ def summarise(reps: list[dict[str, dict]], variants: list[str]) -> list[dict]:
         evals = [r["eval_seconds"] for r in runs if r.get("eval_seconds") is not None]
         rows.append({"variant": v, "engine": runs[0]["engine"], "ranks": runs[0]["ranks"], "threads": runs[0]["threads"],
                      "tps": statistics.median(tps), "tps_min": min(tps), "tps_max": max(tps),
-                     "padded": statistics.median(r["padded_tokens_per_second"] for r in runs),
+                     "padded": statistics.median(r["padded_tokens_per_second"] or r["tokens_per_second"] for r in runs),
                      "ratio": statistics.median(ratios) if ratios else None,
                      "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
                      "eval": statistics.median(evals) if evals else None, "n": len(runs),

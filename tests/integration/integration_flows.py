@@ -3,7 +3,9 @@ of every answer the operator's own client gets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from harness import OperatorProcess, eventually
@@ -26,6 +28,24 @@ def record_answers(op: OperatorProcess) -> list[tuple[str, str, int]]:
 
     op.kube._request = _request  # type: ignore[method-assign]
     return answers
+
+
+@contextlib.asynccontextmanager
+async def operator_and_clients(identities: dict[str, Any], settings: Any = None
+                               ) -> AsyncIterator[tuple[list[tuple[str, str, int]], kube.KubeClient, kube.KubeClient]]:
+    """The operator running as its ServiceAccount (with `settings`, else the tests' own), and a
+    tenant-a and an admin client: (the operator's recorded answers, tenant, admin); all stopped after."""
+    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
+    answers = record_answers(op)
+    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
+    admin = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
+    await op.start(timeout=LONG)
+    try:
+        yield answers, tenant, admin
+    finally:
+        await op.stop()
+        await tenant.close()
+        await admin.close()
 
 
 def refused(answers: list[tuple[str, str, int]], *namespaces: str) -> list[tuple[str, str, int]]:

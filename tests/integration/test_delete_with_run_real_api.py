@@ -14,9 +14,9 @@ from typing import Any
 import boto3
 import pytest
 from flows import REPORT, apply_all
-from harness import OperatorProcess, eventually
+from harness import eventually
 from harness import test_settings as operator_settings
-from integration_flows import LONG, play_kubelet, record_answers, refused
+from integration_flows import LONG, operator_and_clients, play_kubelet, refused
 from integration_setup import Identity
 from loopback_servers import s3_endpoint  # noqa: F401  (fixture)
 from manifests import example, secret
@@ -73,12 +73,7 @@ async def test_s3_checkpoints_are_deleted_with_the_run_only_as_recorded(
     put_run(bucket, f"cpt/{namespace}/{run}/0000-earlier-uid")  # an earlier run of this name
     settings = operator_settings()
     settings.allowed_s3_endpoints = [s3_endpoint]  # the platform's endpoint allowlist names moto's server
-    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
-    answers = record_answers(op)
-    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
-    admin = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
-    await op.start(timeout=LONG)
-    try:
+    async with operator_and_clients(identities, settings) as (answers, tenant, admin):
         objs = example("legal-cpt", namespace)
         policy = objs["CheckpointPolicy/legal-keep-best"]["spec"]
         policy["deleteWithRun"] = True
@@ -110,10 +105,6 @@ async def test_s3_checkpoints_are_deleted_with_the_run_only_as_recorded(
         await eventually(run_gone, timeout=LONG, what="the run, once its checkpoints are deleted or kept")
         assert await admin.get(kube.PYTORCHJOBS, namespace, pytorchjob_name(run)) is None
         reasons = [e.get("reason") for e in await admin.list(kube.Resource("", "v1", "events"), namespace)]
-    finally:
-        await op.stop()
-        await tenant.close()
-        await admin.close()
     remaining = keys(bucket)
     own = [k for k in remaining if k.startswith(f"{prefix}/")]
     assert len(own) == (0 if deleted else 6), remaining
@@ -155,12 +146,7 @@ async def test_pvc_checkpoints_go_through_the_cleanup_job_the_run_recorded(ident
     settings.pvc_mount_root = str(tmp_path / "mnt")  # where the claim is mounted in the cleanup pod
     base = tmp_path / "mnt" / "team-data" / "checkpoints" / namespace / run
     write_checkpoint(base, 500)  # an earlier run of this name, from before uids were in the prefix
-    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
-    answers = record_answers(op)
-    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
-    admin = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
-    await op.start(timeout=LONG)
-    try:
+    async with operator_and_clients(identities, settings) as (answers, tenant, admin):
         objs = example("minimal", namespace)
         objs["CheckpointPolicy/default"]["spec"]["deleteWithRun"] = True
         await apply_all(tenant, list(objs.values()))
@@ -198,10 +184,6 @@ async def test_pvc_checkpoints_go_through_the_cleanup_job_the_run_recorded(ident
 
         await eventually(run_gone, timeout=LONG, what="the run, once its checkpoints are deleted or kept")
         reasons = [e.get("reason") for e in await admin.list(kube.Resource("", "v1", "events"), namespace)]
-    finally:
-        await op.stop()
-        await tenant.close()
-        await admin.close()
     assert (base / "step-00000500" / "COMPLETE").is_file()  # the earlier run's checkpoint stays either way
     if lookalike:
         assert (folder / "step-00001000" / "COMPLETE").is_file() and "CheckpointsNotDeleted" in reasons, reasons

@@ -22,6 +22,7 @@ import pytest
 import real_cluster
 from safetensors.torch import load_file
 import tiny_training
+from launching import complete_checkpoints, kill_tree
 import torch
 from flows import apply_all, condition, wait_phase
 from harness import OperatorProcess, eventually
@@ -279,7 +280,7 @@ async def test_a_kueue_preemption_saves_a_checkpoint_and_the_readmitted_run_resu
         assert await _exited(first) == 128 + signal.SIGTERM, _log(tmp_path / "first.log")
         stopped = int(re.search(r"stopped at step (\d+) on request", (tmp_path / "first.log").read_text(errors="replace")).group(1))
         assert stopped < total, "the run ended before the preemption: nothing was interrupted"
-        assert tiny_training.complete_checkpoints(ck)[-1] == f"step-{stopped:08d}", tiny_training.complete_checkpoints(ck)
+        assert complete_checkpoints(ck)[-1] == f"step-{stopped:08d}", complete_checkpoints(ck)
 
         # The higher-priority job ends: Kueue admits the run again, the training operator makes a new pod.
         await adm.delete(kube.JOBS, namespace, "urgent")
@@ -295,10 +296,7 @@ async def test_a_kueue_preemption_saves_a_checkpoint_and_the_readmitted_run_resu
         assert true(wl, "Evicted"), wl.get("status")
     finally:
         for p in procs:
-            if p.poll() is None:
-                for child in psutil.Process(p.pid).children(recursive=True):
-                    child.kill()
-                p.kill()
+            kill_tree(p)
         await op.stop()
         await tenant.close()
         await adm.close()
@@ -349,7 +347,7 @@ async def _report_running(adm: kube.KubeClient, namespace: str, pod: dict[str, A
 
 async def _has_checkpoint(ck: Path, proc: subprocess.Popen) -> bool:
     assert proc.poll() is None, f"the trainer exited {proc.returncode} before its first checkpoint"
-    return bool(tiny_training.complete_checkpoints(ck))
+    return bool(complete_checkpoints(ck))
 
 
 async def _exited(proc: subprocess.Popen, timeout: float = 300) -> int:

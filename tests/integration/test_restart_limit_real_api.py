@@ -11,20 +11,20 @@ reconcile leaves it so. A 1-127 exit fails the job at once and is not counted.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import pytest
 import real_cluster
 from flows import REPORT, apply_all, condition, wait_phase
-from harness import OperatorProcess, eventually
+from harness import eventually
 from harness import test_settings as operator_settings
-from integration_flows import LONG, play_kubelet, record_answers, refused
+from integration_flows import LONG, operator_and_clients, play_kubelet, refused
 from integration_setup import Identity
 from manifests import example
 
 from cpt_operator import kube
+from cpt_operator.settings import OperatorSettings
 from cpt_operator.handlers.startup import DIFFBASE_KEY
 from cpt_operator.render.names import pytorchjob_name
 
@@ -61,23 +61,10 @@ async def report(adm: kube.KubeClient, namespace: str, pod: dict[str, Any], exit
     await adm.patch_status(kube.PODS, namespace, pod["metadata"]["name"], {"status": status})
 
 
-@contextlib.asynccontextmanager
-async def operator_at_limit(identities: dict[str, Identity]) -> AsyncIterator[tuple[list, kube.KubeClient, kube.KubeClient]]:
-    """The operator (its ServiceAccount) with backoffLimit LIMIT, running; (its recorded answers,
-    a tenant client, an admin client)."""
+def _at_limit() -> OperatorSettings:
     settings = operator_settings()
     settings.backoff_limit = LIMIT
-    op = OperatorProcess(connection=identities["operator"].connection(), settings=settings)
-    answers = record_answers(op)
-    tenant = kube.KubeClient(identities["tenant-a"].connection(), user_agent="tenant-a")
-    adm = kube.KubeClient(identities["admin"].connection(), user_agent="test-admin")
-    await op.start(timeout=LONG)
-    try:
-        yield answers, tenant, adm
-    finally:
-        await op.stop()
-        await tenant.close()
-        await adm.close()
+    return settings
 
 
 async def start(tenant: kube.KubeClient, adm: kube.KubeClient, namespace: str) -> None:
@@ -90,7 +77,7 @@ async def test_a_pod_killed_at_every_start_is_stopped_after_the_limit_and_the_ru
     identities: dict[str, Identity], namespace: str, training_operator: None
 ) -> None:
     job_name = pytorchjob_name(RUN)
-    async with operator_at_limit(identities) as (answers, tenant, adm):
+    async with operator_and_clients(identities, _at_limit()) as (answers, tenant, adm):
         await start(tenant, adm, namespace)
         job = await adm.get(kube.PYTORCHJOBS, namespace, job_name)
         assert job["spec"]["runPolicy"]["backoffLimit"] == LIMIT and job["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"] == "ExitCode"
@@ -135,7 +122,7 @@ async def test_a_pod_killed_at_every_start_is_stopped_after_the_limit_and_the_ru
 async def test_a_permanent_exit_fails_the_job_at_once_and_is_not_counted(
     identities: dict[str, Identity], namespace: str, training_operator: None
 ) -> None:
-    async with operator_at_limit(identities) as (_, tenant, adm):
+    async with operator_and_clients(identities, _at_limit()) as (_, tenant, adm):
         await start(tenant, adm, namespace)
         pod = await eventually(lambda: _new_master(adm, namespace, set()), timeout=LONG, what="the Master pod")
         await report(adm, namespace, pod, 1)

@@ -4,12 +4,12 @@ that run the real trainer as a pod's container would (`cpt-trainer launch`)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from launching import free_port, launch_env
 
 from cpt_trainer.shipped_text import general_documents, legal_documents
 from cpt_trainer.tinymodel import build_tiny_llama, train_tokenizer
@@ -59,16 +59,6 @@ def write_config(path: Path, inputs: dict[str, Path], checkpoints: Path, total_s
     return path
 
 
-def complete_checkpoints(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("step-*") if (p / "COMPLETE").exists())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_container(command: list[str], config: Path, cache: Path, log: Path) -> subprocess.Popen:
     """Run a trainer pod's container command (`cpt-trainer launch ... -- train --config F`) here,
     with its config file replaced by `config`. The PET_* variables the training operator sets
@@ -78,9 +68,8 @@ def start_container(command: list[str], config: Path, cache: Path, log: Path) ->
         raise AssertionError(f"not the trainer's container command: {command}")
     cmd[0] = str(Path(sys.executable).with_name("cpt-trainer"))
     cmd[cmd.index("--config") + 1] = str(config)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PET_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(cache), PET_NNODES="1",
-               PET_NPROC_PER_NODE="1", PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1",
+    env = launch_env(cache)
+    env.update(PET_NNODES="1", PET_NPROC_PER_NODE="1", PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1",
                PET_MASTER_PORT=str(free_port()))  # fmt: skip
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -6,18 +6,17 @@ node -> 200 (its rank's communication error), a rendezvous that never completes 
 error is the last line on stderr."""
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
+import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
 import pytest
+from launching import complete_checkpoints, free_port, kill_tree, launch_command, launch_env, trainer_ranks
 
 from cpt_trainer.train.launcher import (
     COMM_ERROR_EXIT,
@@ -35,24 +34,13 @@ TOTAL, INTERVAL = 400, 4
 DEADLINE_S = 400
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(config: Path, tmp_path: Path, name: str, nodes: int = 1, node_rank: int = 0, port: int | None = None,
             options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path, Path]:
-    """One node's `cpt-trainer launch` (2 ranks on one node; 1 rank per node with `nodes` 2)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(tmp_path / f"cache-{node_rank}"))
-    for key in [k for k in env if k.startswith("PET_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]:
-        del env[key]
-    cmd = [sys.executable, "-m", "cpt_trainer.cli", "launch", "--nnodes", str(nodes), "--nproc-per-node", str(2 // nodes),
-           "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port or _free_port()),
-           "--max-restarts", "0", "--shutdown-timeout", "120", *options, "--", "train", "--config", str(config)]  # fmt: skip
+    """One node's `cpt-trainer launch` (launching.launch_command), its stdout and stderr in files."""
+    cmd = launch_command(config, nodes, node_rank, port, options)
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(cmd, env=env, stdout=o, stderr=e)
+        proc = subprocess.Popen(cmd, env=launch_env(tmp_path / f"cache-{node_rank}"), stdout=o, stderr=e)
     return proc, out, err
 
 
@@ -76,20 +64,13 @@ def _config(make_config, ck: Path, name: str = "launch.json", total: int = TOTAL
     )
 
 
-def _complete(ck: Path) -> list[str]:
-    return sorted(p.name for p in ck.glob("step-*") if (p / "COMPLETE").exists())
-
-
-def _wait_for_checkpoint(proc: subprocess.Popen, ck: Path, out: Path, err: Path) -> None:
+def _wait_for_checkpoint(ck: Path, out: Path, err: Path, *procs: subprocess.Popen) -> None:
+    """Until `ck` holds a complete checkpoint, with every launcher of `procs` still running."""
     deadline = time.monotonic() + DEADLINE_S
-    while not _complete(ck):
-        assert proc.poll() is None, _logs(out, err)
+    while not complete_checkpoints(ck):
+        assert all(p.poll() is None for p in procs), _logs(out, err)
         assert time.monotonic() < deadline, "no first checkpoint: " + _logs(out, err)
         time.sleep(0.05)
-
-
-def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
-    return [c for c in psutil.Process(proc.pid).children(recursive=True) if "train" in c.cmdline()]
 
 
 def test_a_config_error_exits_2_and_names_the_rank_last(make_config, tmp_path):
@@ -106,15 +87,14 @@ def test_a_rank_killed_by_a_signal_exits_128_plus_the_signal(make_config, tmp_pa
     ck = tmp_path / "ck"
     proc, out, err = _launch(_config(make_config, ck), tmp_path, "sigkill")
     try:
-        _wait_for_checkpoint(proc, ck, out, err)
-        ranks = _ranks(proc)
+        _wait_for_checkpoint(ck, out, err, proc)
+        ranks = trainer_ranks(proc)
         assert len(ranks) == 2, [c.cmdline() for c in ranks]
         victim = next(r for r in ranks if "RANK" in r.environ() and r.environ()["RANK"] == "1")
         victim.send_signal(signal.SIGKILL)  # e.g. the kernel's OOM killer: retryable
         assert proc.wait(timeout=DEADLINE_S) == 128 + signal.SIGKILL, _logs(out, err)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
     last = _last_stderr_line(err)
     assert last == "cpt-trainer launch: rank 1 killed by SIGKILL (exit 137)", _logs(out, err)
     psutil.wait_procs(ranks, timeout=120)
@@ -125,21 +105,20 @@ def test_a_sigtermed_launcher_lets_the_ranks_checkpoint_and_exits_143(make_confi
     ck = tmp_path / "ck"
     proc, out, err = _launch(_config(make_config, ck), tmp_path, "sigterm")
     try:
-        _wait_for_checkpoint(proc, ck, out, err)
-        ranks = _ranks(proc)
+        _wait_for_checkpoint(ck, out, err, proc)
+        ranks = trainer_ranks(proc)
         assert len(ranks) == 2, [c.cmdline() for c in ranks]
         proc.send_signal(signal.SIGTERM)  # preemption: the kubelet signals the container's PID 1
         assert proc.wait(timeout=DEADLINE_S) == 128 + signal.SIGTERM, _logs(out, err)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
     gone, alive = psutil.wait_procs(ranks, timeout=120)
     assert not alive
     logs = _logs(out, err)
     assert "stopped at step" in logs and "Unable to shutdown process" not in logs, logs  # saved, not SIGKILLed
     last = _last_stderr_line(err)
     assert last.startswith("cpt-trainer launch: got SIGTERM"), logs
-    complete = _complete(ck)
+    complete = complete_checkpoints(ck)
     assert complete and complete[-1] != f"step-{TOTAL:08d}", complete
     stopped = int(re.search(r"stopped at step (\d+) on request", logs).group(1))
     assert complete[-1] == f"step-{stopped:08d}", (complete, stopped)  # the stop's own checkpoint
@@ -152,30 +131,22 @@ def test_the_surviving_node_of_a_lost_node_exits_200_to_be_retried(make_config, 
     all its processes mid-run: node 0's rank fails on the broken collective (gloo: "Connection
     closed by peer" or "reset by peer", by timing), exits 200 with that line in its error file,
     and its launcher exits 200."""
-    port = _free_port()
+    port = free_port()
     # per-node checkpoint folders: node-local disks (each node's local rank 0 prepares its folder)
     node0 = _config(make_config, tmp_path / "ck-0", "node-0.json")
     node1 = _config(make_config, tmp_path / "ck-1", "node-1.json")
     a, out, err = _launch(node0, tmp_path, "node-0", nodes=2, node_rank=0, port=port)
-    b, out_b, err_b = _launch(node1, tmp_path, "node-1", nodes=2, node_rank=1, port=port)
+    b, _, _ = _launch(node1, tmp_path, "node-1", nodes=2, node_rank=1, port=port)
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while not _complete(tmp_path / "ck-0"):  # training runs on both nodes
-            assert a.poll() is None and b.poll() is None, _logs(out, err) + _logs(out_b, err_b)
-            assert time.monotonic() < deadline, "no first checkpoint: " + _logs(out, err)
-            time.sleep(0.05)
+        _wait_for_checkpoint(tmp_path / "ck-0", out, err, a, b)  # training runs on both nodes
         node = [psutil.Process(b.pid), *psutil.Process(b.pid).children(recursive=True)]  # the agent gives ranks their own session
         for proc in node:  # node 1 is gone: its launcher and its rank at once
             proc.send_signal(signal.SIGKILL)
         psutil.wait_procs(node, timeout=60)
         assert a.wait(timeout=DEADLINE_S) == COMM_ERROR_EXIT, _logs(out, err)
     finally:
-        for proc in (a, b):
-            if proc.poll() is None:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.kill()
-                proc.kill()
-                proc.wait()
+        kill_tree(a)
+        kill_tree(b)
     last = _last_stderr_line(err)
     assert last.startswith("cpt-trainer launch: rank 0 exited 200: cpt-trainer train: communication error"), _logs(out, err)
     assert re.search(r"gloo/transport/tcp/.*Connection (closed|reset) by peer", last), last  # either, by timing
@@ -204,13 +175,12 @@ def test_a_sigterm_stop_resumes_to_the_weights_of_an_uninterrupted_run(make_conf
     config = _config(make_config, ck, "stopped.json", total)
     proc, out, err = _launch(config, tmp_path, "stopped")
     try:
-        _wait_for_checkpoint(proc, ck, out, err)
+        _wait_for_checkpoint(ck, out, err, proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=DEADLINE_S) == 128 + signal.SIGTERM, _logs(out, err)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    stopped = _complete(ck)[-1]
+        kill_tree(proc)
+    stopped = complete_checkpoints(ck)[-1]
     assert stopped != f"step-{total:08d}", "the run ended before the SIGTERM: nothing was interrupted"
     proc, out, err = _launch(config, tmp_path, "resumed")
     assert proc.wait(timeout=DEADLINE_S) == 0, _logs(out, err)

@@ -8,17 +8,15 @@ rank SIGKILLed (exit 137) for four engines; for ZeRO-3 the launcher SIGTERMed (p
 and generates."""
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from launching import kill_tree, launch_command, launch_env, trainer_ranks
 import torch
 from safetensors.torch import load_file
 
@@ -32,21 +30,9 @@ ENGINES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(config: Path, tmp_path: Path, log) -> subprocess.Popen:
-    """`cpt-trainer launch` as tests/trainer/test_launcher.py runs it (the PyTorchJob's command)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CPT_CACHE_DIR=str(tmp_path / "cache"))
-    for key in [k for k in env if k.startswith("PET_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]:
-        del env[key]
-    cmd = [sys.executable, "-m", "cpt_trainer.cli", "launch", "--nnodes", "1", "--nproc-per-node", "2",
-           "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "--max-restarts", "0", "--shutdown-timeout", "120", "--", "train", "--config", str(config)]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    """`cpt-trainer launch` (the PyTorchJob's command): 2 ranks on this node."""
+    return subprocess.Popen(launch_command(config), env=launch_env(tmp_path / "cache"), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _config(make_config, name: str, ck: Path, engine: dict, general: list[dict]) -> Path:
@@ -69,10 +55,7 @@ def _run(config: Path, tmp_path: Path, name: str) -> str:
         try:
             rc = proc.wait(timeout=500)
         except subprocess.TimeoutExpired:  # a hung rank: end the tree, then show what it printed
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
+            kill_tree(proc)
             rc = "hung (killed after 500 s)"
     text = (tmp_path / f"{name}.log").read_text(errors="replace")
     assert rc == 0, f"{rc}: {text[-3000:]}"
@@ -103,7 +86,7 @@ def test_two_ranks_train_and_a_killed_run_resumes_to_the_same_weights(make_confi
             assert proc.poll() is None, (tmp_path / "b1.log").read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "no first checkpoint"
             time.sleep(0.05)
-        ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "train" in c.cmdline()]
+        ranks = trainer_ranks(proc)
         assert len(ranks) == 2, [c.cmdline() for c in ranks]
         if ENGINES[engine].get("zero_stage") == 3:
             # Preemption (the other engines cover a SIGKILL): the launcher forwards SIGTERM, the

@@ -76,11 +76,14 @@ def record_rank_error(message: str, callstack: str | None = None) -> None:
         pass  # the launcher falls back to the exit code
 
 
+def _exception_lines(exc: BaseException) -> list[str]:
+    """`Type: message` of an exception, split in lines (never empty)."""
+    return f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__]
+
+
 def record_exception(exc: BaseException) -> None:
     """Error file for an uncaught exception: its last line as the message, the traceback kept."""
-    text = "".join(traceback.format_exception(exc))
-    last = f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__]
-    record_rank_error(last[-1], text)
+    record_rank_error(_exception_lines(exc)[-1], "".join(traceback.format_exception(exc)))
 
 
 # Lowercased pieces of the messages gloo and NCCL raise as a plain RuntimeError when a peer is
@@ -127,18 +130,12 @@ def is_communication_error(exc: BaseException) -> bool:
     return False
 
 
-def communication_failure_line(prog: str, exc: BaseException) -> str:
-    """The one line a rank prints and records for a communication error (see COMM_ERROR_EXIT)."""
-    lines = f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__]
-    return (f"{prog}: communication error (a peer rank or node lost, or a collective timed out; "
-            f"transient, exit {COMM_ERROR_EXIT}): {lines[0].strip()}")  # fmt: skip
-
-
 def record_communication_failure(prog: str, exc: BaseException) -> int:
-    """A rank's communication error: the traceback and the one line on stderr, the error file
-    for the launcher (whose root-cause logic then reports COMM_ERROR_EXIT); returns the code."""
+    """A rank's communication error: the traceback and one line on stderr, the error file for the
+    launcher (whose root-cause logic then reports COMM_ERROR_EXIT); returns the code."""
     text = "".join(traceback.format_exception(exc))
-    line = communication_failure_line(prog, exc)
+    line = (f"{prog}: communication error (a peer rank or node lost, or a collective timed out; "
+            f"transient, exit {COMM_ERROR_EXIT}): {_exception_lines(exc)[0].strip()}")  # fmt: skip
     print(text.rstrip() + "\n" + line, file=sys.stderr, flush=True)
     record_rank_error(line, text)
     return COMM_ERROR_EXIT

@@ -178,8 +178,7 @@ class Trainer:
             logger.info("baseline (step %d): domain perplexity %s, general %s", self.step, result.domain_perplexity, result.general)
         self.last_eval = result
         regression = self.regression(result)
-        self.metrics.record_eval(self.step, result.domain_perplexity, result.general, self.baseline.general, regression,
-                                 result.stderr, self.baseline.stderr, result.higher_is_better)
+        self._publish_eval(result, regression)
         if self.dist.is_main:
             logger.info("eval step %d: domain perplexity %s, general %s, regression %s",
                         self.step, result.domain_perplexity, result.general, regression)
@@ -203,6 +202,12 @@ class Trainer:
             return model(input_ids=input_ids, use_cache=False).logits
         finally:
             model.train()
+
+    def _publish_eval(self, result: EvalResult, regression: float | None) -> None:
+        """The evaluation's gauges: scores with their stderr and direction, and the baseline's."""
+        base = self.baseline
+        self.metrics.record_eval(result.step, result.domain_perplexity, result.general, base.general, regression,
+                                 result.stderr, base.stderr, result.higher_is_better)
 
     def should_evaluate(self) -> bool:
         # Every checkpoint carries its own evaluation, so checkpoint steps are evaluated too.
@@ -351,8 +356,7 @@ class Trainer:
         self.metrics.add_tokens(self.tokens_seen)
         if self.baseline is not None:
             last = self.last_eval or self.baseline
-            self.metrics.record_eval(last.step, last.domain_perplexity, last.general, self.baseline.general,
-                                     self.regression(last), last.stderr, self.baseline.stderr, last.higher_is_better)
+            self._publish_eval(last, self.regression(last))
         logger.info("resuming from checkpoint %s (step %d, %d tokens seen)", name, self.step, self.tokens_seen)
 
     # ------------------------------------------------------------------ the run
