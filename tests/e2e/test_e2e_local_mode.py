@@ -8,12 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cpt_operator.control.storage import LocalCheckpointStore
 from cpt_operator.decide.retention import EvaluatedCheckpoint, RetentionPolicy, select_checkpoints_to_keep
 
 REPO = Path(__file__).resolve().parents[2]
+# The first test also runs the session fixture's two demos (up to 900 s each, conftest.run_local):
+# the suite-wide 600 s would end it on a loaded machine (seen: two CI runs sharing 2 cores).
+pytestmark = pytest.mark.timeout(2 * 900 + 300)
 
 
 def state(run_dir: Path) -> dict:
